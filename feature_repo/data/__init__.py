@@ -1,0 +1,1 @@
+"""Tables in and out of the data contract: generation, validation, feature computation."""

@@ -1,0 +1,78 @@
+"""Feast declarations: entities, sources, feature views, push source and feature services.
+
+Read by `feast apply` (module-level objects, paths from $SHOPREC_HOME or ./var) and by
+``feature_repo.store`` (``declarations(features_dir)`` for any workspace).
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.types import Array, Float64, Int64, String
+
+from feature_repo.workspace import default_workspace
+
+# Snapshots are daily; a year of TTL keeps a quiet customer's features instead of blanking them.
+FEATURE_TTL = timedelta(days=365)
+
+
+def declarations(features_dir: Path) -> dict[str, object]:
+    """Every Feast object of the repo, keyed by its variable name, over ``features_dir``."""
+    features_dir = Path(features_dir).resolve()
+
+    def source(name: str) -> FileSource:
+        return FileSource(name=f"{name}_source", path=str(features_dir / f"{name}.parquet"),
+                          timestamp_field="event_timestamp")
+
+    # The shopper; ids are strings on the wire.
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    # A catalog item.
+    item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
+
+    # How much and how well a user shops: drives ranking features and cold-start decisions.
+    user_activity_fv = FeatureView(
+        name="user_activity_fv", entities=[user], ttl=FEATURE_TTL, source=source("user_activity"),
+        schema=[Field(name="n_view", dtype=Int64), Field(name="n_click", dtype=Int64),
+                Field(name="n_add_to_cart", dtype=Int64), Field(name="n_purchase", dtype=Int64),
+                Field(name="conversion_rate", dtype=Float64),
+                Field(name="avg_purchase_price", dtype=Float64),
+                Field(name="max_purchase_price", dtype=Float64),
+                Field(name="favourite_category", dtype=String)],
+    )
+    # Real-time path: the server pushes a user's updated recent sequence after each event.
+    user_recent_push = PushSource(name="user_recent_push", batch_source=source("user_recent"))
+    # The user's last items: the input of the user tower and the sequence ranker.
+    user_recent_fv = FeatureView(
+        name="user_recent_fv", entities=[user], ttl=FEATURE_TTL, source=user_recent_push,
+        schema=[Field(name="recent_items", dtype=Array(String)),
+                Field(name="recent_event_types", dtype=Array(String))],
+    )
+    # Item attributes and popularity; served from memory, refreshed after materialization.
+    item_stats_fv = FeatureView(
+        name="item_stats_fv", entities=[item], ttl=FEATURE_TTL, source=source("item_stats"),
+        schema=[Field(name="category", dtype=String), Field(name="brand", dtype=String),
+                Field(name="price", dtype=Float64), Field(name="price_bucket", dtype=Int64),
+                Field(name="n_view", dtype=Int64), Field(name="n_purchase", dtype=Int64),
+                Field(name="conversion_rate", dtype=Float64)],
+    )
+    # What the retrieval model reads for a user (one online read per request).
+    retrieval_user_v1 = FeatureService(name="retrieval_user_v1", features=[user_recent_fv])
+    # What the ranking model reads for a user; a superset, so serving reads only this one.
+    ranking_user_v1 = FeatureService(name="ranking_user_v1", features=[user_activity_fv, user_recent_fv])
+    return dict(user=user, item=item, user_activity_fv=user_activity_fv,
+                user_recent_push=user_recent_push, user_recent_fv=user_recent_fv,
+                item_stats_fv=item_stats_fv, retrieval_user_v1=retrieval_user_v1,
+                ranking_user_v1=ranking_user_v1)
+
+
+# Module-level names for `feast apply` run inside feature_repo/.
+_objects = declarations(default_workspace() / "features")
+user = _objects["user"]
+item = _objects["item"]
+user_activity_fv = _objects["user_activity_fv"]
+user_recent_push = _objects["user_recent_push"]
+user_recent_fv = _objects["user_recent_fv"]
+item_stats_fv = _objects["item_stats_fv"]
+retrieval_user_v1 = _objects["retrieval_user_v1"]
+ranking_user_v1 = _objects["ranking_user_v1"]

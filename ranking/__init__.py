@@ -1,0 +1,6 @@
+"""Ranking: features of (user, candidate) pairs, the ranking model, its training and export."""
+import os
+
+# TFRS needs Keras 2: this must be set before anything imports tf.keras.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,76 @@
+"""Features of (user, candidate) pairs, computed the same way in training and in serving.
+
+Numpy only: serving imports this module without TensorFlow-side training code. The user's
+features are the dict a Feast read of the ``ranking_user_v1`` service returns (one value per
+field); item features come from the in-memory ItemTable; ``retrieval_scores`` are the two-tower
+inner products of the candidates.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from feature_repo.data.item_table import ItemTable
+
+FEATURE_NAMES = (
+    "retrieval_score",
+    "item_log_views",
+    "item_log_purchases",
+    "item_conversion_rate",
+    "item_log_price",
+    "price_vs_user_avg",  # log(price / user's average purchase price); 0 without purchases
+    "user_has_purchased",
+    "user_log_views",
+    "user_log_purchases",
+    "user_conversion_rate",
+    "category_share_recent",  # share of the user's recent items in the candidate's category
+    "brand_share_recent",
+    "seen_recently",
+    "carted_recently",  # in the recent sequence as add_to_cart: strong intent
+)
+
+
+def _num(user: Mapping[str, Any], key: str) -> float:
+    v = user.get(key)
+    return float(v) if v is not None else 0.0
+
+
+def rank_features(user: Mapping[str, Any], candidates: np.ndarray, retrieval_scores: np.ndarray,
+                  items: ItemTable) -> np.ndarray:
+    """[len(candidates), len(FEATURE_NAMES)] float32 matrix; ``candidates`` are ItemTable positions."""
+    c = np.asarray(candidates, dtype=np.int64)
+    n = len(c)
+    recent = list(user.get("recent_items") or [])
+    types = list(user.get("recent_event_types") or [])
+    recent_pos = items.positions(recent)
+    avg_price = _num(user, "avg_purchase_price")
+    price = items.price[c]
+
+    if len(recent_pos):
+        cats, cat_counts = np.unique(items.category[recent_pos], return_counts=True)
+        cat_share = dict(zip(cats, cat_counts / len(recent_pos)))
+        brands, brand_counts = np.unique(items.brand[recent_pos], return_counts=True)
+        brand_share = dict(zip(brands, brand_counts / len(recent_pos)))
+    else:
+        cat_share, brand_share = {}, {}
+    seen = set(recent)
+    carted = {i for i, t in zip(recent, types) if t == "add_to_cart"}
+    cand_ids = items.item_ids[c]
+
+    x = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
+    x[:, 0] = retrieval_scores
+    x[:, 1] = np.log1p(items.n_view[c])
+    x[:, 2] = np.log1p(items.n_purchase[c])
+    x[:, 3] = items.conversion_rate[c]
+    x[:, 4] = np.log1p(price)
+    x[:, 5] = np.log((price + 1.0) / (avg_price + 1.0)) if avg_price > 0 else 0.0
+    x[:, 6] = float(avg_price > 0)
+    x[:, 7] = np.log1p(_num(user, "n_view"))
+    x[:, 8] = np.log1p(_num(user, "n_purchase"))
+    x[:, 9] = _num(user, "conversion_rate")
+    x[:, 10] = [cat_share.get(k, 0.0) for k in items.category[c]]
+    x[:, 11] = [brand_share.get(k, 0.0) for k in items.brand[c]]
+    x[:, 12] = [i in seen for i in cand_ids]
+    x[:, 13] = [i in carted for i in cand_ids]
+    return x

@@ -1,0 +1,43 @@
+"""A small Python client for the shoprec.v1 API (what a shop backend or `shoprec query` uses)."""
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from serving.proto import recommender_pb2 as pb
+from serving.proto import recommender_pb2_grpc as pb_grpc
+
+
+class RecommenderClient:
+    """Blocking client; ``timeout`` (seconds) is the deadline of each call."""
+
+    def __init__(self, address: str, timeout: float = 5.0):
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.RecommenderStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.timeout = timeout
+
+    def recommend(self, user_id: str, k: int = 10, exclude: list[str] | None = None, category: str = "",
+                  surface: str = "") -> pb.RecommendResponse:
+        request = pb.RecommendRequest(user_id=user_id, k=k, context=pb.Context(
+            surface=surface, exclude_item_ids=exclude or [], category=category))
+        return self.stub.Recommend(request, timeout=self.timeout)
+
+    def info(self) -> pb.GetInfoResponse:
+        return self.stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout)
+
+    def healthy(self, service: str = "") -> bool:
+        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "RecommenderClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

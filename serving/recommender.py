@@ -1,0 +1,175 @@
+"""The request pipeline: one user in, k ranked items with scores, sources and reasons out.
+
+Per request: ONE Feast online read for the user → user tower (exported tf.function) → FAISS
+top-N, plus popular items as a second candidate source → filters (already bought, excluded,
+category) → ranker over [user, item, cross] features (item features from memory) → top-k.
+A user with no known history gets popular items; an unreachable feature store degrades to that
+same path with ``degraded=True`` instead of failing the request.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from feature_repo.artifacts import ArtifactStore
+from feature_repo.data.features import RECENT_N, pad_sequences
+from feature_repo.data.item_table import ItemTable
+from feature_repo.workspace import Workspace
+from ranking.features import FEATURE_NAMES, rank_features
+from retrieval.index import ItemIndex
+from serving.errors import ModelNotLoaded
+
+log = logging.getLogger(__name__)
+USER_FEATURE_SERVICE = "ranking_user_v1"
+
+
+@dataclass
+class Recommendation:
+    item_id: str
+    score: float
+    retrieval_score: float
+    source: str
+    reason: str
+    category: str
+    brand: str
+    price: float
+
+
+@dataclass
+class RecommendResult:
+    user_id: str
+    items: list[Recommendation]
+    personalized: bool
+    degraded: bool
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Models:
+    """Everything loaded from one consistent set of artifact versions."""
+
+    versions: dict[str, str]
+    user_tower: Any
+    index: ItemIndex
+    item_embeddings: np.ndarray
+    scorer: Any
+    items: ItemTable
+    index_to_item: np.ndarray  # index position → ItemTable position (-1 if unknown)
+    popular: np.ndarray  # ItemTable positions, most popular first
+
+    @classmethod
+    def load(cls, ws: Workspace) -> "Models":
+        import tensorflow as tf
+
+        try:
+            index_store = ArtifactStore(ws.models_dir / "index")
+            ranking_store = ArtifactStore(ws.models_dir / "ranking")
+            index_version = index_store.current_version()
+            retrieval_version = index_store.manifest(index_version)["retrieval_version"]
+            retrieval_dir = ws.models_dir / "retrieval" / retrieval_version
+            index = ItemIndex.load(index_store.current())
+            ranking_dir = ranking_store.current()
+            if ranking_store.manifest()["features"] != list(FEATURE_NAMES):
+                raise ModelNotLoaded(f"ranking model {ranking_dir.name} was trained on other features "
+                                     f"than this server computes; retrain it with `shoprec train`.")
+            user_tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
+            scorer = tf.saved_model.load(str(ranking_dir / "scorer"))
+            item_embeddings = np.load(retrieval_dir / "item_embeddings.npy")
+        except ModelNotLoaded:
+            raise
+        except Exception as e:  # any missing or broken artifact: say what to run
+            raise ModelNotLoaded(f"cannot load models from {ws.models_dir}: {e}; run `shoprec train` "
+                                 f"and `shoprec index` (or `shoprec demo`) first.") from e
+        items = ItemTable.load(ws.features_dir)
+        index_to_item = np.array([items.position.get(i, -1) for i in index.item_ids], dtype=np.int64)
+        versions = {"retrieval": retrieval_version, "index": index_version, "ranking": ranking_dir.name}
+        return cls(versions, user_tower, index, item_embeddings, scorer, items, index_to_item,
+                   items.most_popular(len(items)))
+
+
+class Recommender:
+    """Serves recommendations from a workspace's live artifacts and its Feast online store.
+
+    Args:
+      ws: the workspace (artifacts, feature tables, Feast registry and online store).
+      candidates: two-tower candidates retrieved per request before filtering and ranking.
+      popular_candidates: popular items added as a second source (they also fill cold starts).
+      feature_store: a Feast FeatureStore; opened from the workspace when omitted.
+    """
+
+    def __init__(self, ws: Workspace, candidates: int = 200, popular_candidates: int = 50, feature_store=None):
+        from feature_repo.store import open_store
+
+        self.ws = ws
+        self.candidates = candidates
+        self.popular_candidates = popular_candidates
+        self.models = Models.load(ws)
+        self.store = feature_store or open_store(ws)
+        self.feature_service = self.store.get_feature_service(USER_FEATURE_SERVICE)
+        self.recommend("warm-up", 10)  # first Feast read and first tf.function call are slow
+
+    def user_features(self, user_id: str) -> tuple[dict[str, Any], bool]:
+        """The user's online features (one read) and whether the store failed."""
+        try:
+            row = self.store.get_online_features(features=self.feature_service,
+                                                 entity_rows=[{"user_id": user_id}]).to_dict()
+        except Exception:  # store down: serve without personal features rather than fail
+            log.exception("online feature read failed for user %s; serving degraded", user_id)
+            return {}, True
+        return {k: v[0] for k, v in row.items() if k != "user_id"}, False
+
+    def recommend(self, user_id: str, k: int, exclude: tuple[str, ...] = (), category: str = "") -> RecommendResult:
+        import tensorflow as tf
+
+        m = self.models
+        user, degraded = self.user_features(user_id)
+        history = list(user.get("recent_items") or [])
+        types = list(user.get("recent_event_types") or [])
+        personalized = bool(history)
+        blocked = set(exclude) | {i for i, t in zip(history, types) if t == "purchase"}
+
+        cand: dict[int, tuple[float, str]] = {}  # ItemTable position → (retrieval score, source)
+        user_emb = None
+        if personalized:
+            user_emb = m.user_tower.embed(tf.constant([user_id]),
+                                          tf.constant(pad_sequences([history], RECENT_N).astype(str))).numpy()
+            pos, scores = m.index.search(user_emb, self.candidates)
+            for p, s in zip(pos[0], scores[0]):
+                if p >= 0 and m.index_to_item[p] >= 0:
+                    cand[int(m.index_to_item[p])] = (float(s), "two_tower")
+        for p in m.popular[: self.popular_candidates]:
+            cand.setdefault(int(p), (0.0, "popular"))
+
+        items = m.items
+        keep = [p for p in cand if items.item_ids[p] not in blocked and (not category or items.category[p] == category)]
+        if category and len(keep) < k:  # a category filter must still fill the page
+            extra = [p for p in m.popular if items.category[p] == category and items.item_ids[p] not in blocked]
+            keep += [p for p in extra if p not in cand][: k - len(keep)]
+        if not keep:
+            return RecommendResult(user_id, [], personalized, degraded, m.versions)
+        positions = np.array(keep, dtype=np.int64)
+        if user_emb is not None:
+            index_pos = [m.index.position.get(items.item_ids[p]) for p in positions]
+            retrieval = np.array([float(m.item_embeddings[i] @ user_emb[0]) if i is not None else 0.0 for i in index_pos],
+                                 dtype=np.float32)
+        else:
+            retrieval = np.zeros(len(positions), dtype=np.float32)
+
+        if personalized:
+            x = rank_features(user, positions, retrieval, items)
+            final = m.scorer.score(tf.constant(x)).numpy()
+        else:  # cold start: popularity order (the ranker has nothing personal to work with)
+            final = 1.0 - np.arange(len(positions), dtype=np.float32) / len(positions)
+        top = np.argsort(-final, kind="stable")[:k]
+        recent_cats = {items.category[p] for p in items.positions(history)}
+        out = []
+        for t in top:
+            p = int(positions[t])
+            source = cand.get(p, (0.0, "popular"))[1]
+            reason = ("recent_category" if items.category[p] in recent_cats else "personalized") if source == "two_tower" else "popular"
+            out.append(Recommendation(items.item_ids[p], float(final[t]), float(retrieval[t]), source, reason,
+                                      items.category[p], items.brand[p], float(items.price[p])))
+        return RecommendResult(user_id, out, personalized, degraded, m.versions)

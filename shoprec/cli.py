@@ -1,0 +1,187 @@
+"""The `shoprec` command: one subcommand per job, plus `demo` that chains them all.
+
+Heavy imports (TensorFlow, Feast) happen inside the commands that need them, so `--help` and
+light commands stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import shoprec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything touches tf.keras)
+from shoprec.table import render
+
+
+def _ws(args: argparse.Namespace):
+    from feature_repo.workspace import Workspace
+
+    return Workspace.at(args.workspace)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from shoprec import pipeline
+
+    counts = pipeline.generate(_ws(args), args.preset, args.seed)
+    print(render([{"table": k, "rows": v} for k, v in counts.items()]))
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from shoprec import pipeline
+
+    ws = _ws(args)
+    report = pipeline.validate(ws)
+    print(render([{"table": t, **c} for t, c in report.counts.items()]))
+    print(f"quarantined rows with reasons: {ws.clean_dir / 'quarantine.csv'}")
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from shoprec import pipeline
+
+    print(render(pipeline.build_features(_ws(args)).to_dict("records")))
+
+
+def cmd_materialize(args: argparse.Namespace) -> None:
+    from shoprec import pipeline
+
+    print(json.dumps(pipeline.materialize(_ws(args)), indent=2))
+
+
+def _training_config(args: argparse.Namespace):
+    from shoprec.training import TrainingConfig
+
+    return TrainingConfig(holdout_days=args.holdout_days, retrieval_epochs=args.retrieval_epochs,
+                          ranking_epochs=args.ranking_epochs, index_factory=args.factory, seed=args.seed)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from shoprec import training
+
+    ws, cfg = _ws(args), _training_config(args)
+    if args.model in ("retrieval", "all"):
+        version, manifest = training.train_retrieval(ws, cfg)
+        print(f"retrieval {version}: {json.dumps(manifest['metrics'])}")
+        version, manifest = training.build_index(ws, cfg)
+        print(f"index {version}: {manifest['items']} items, {manifest['factory']}")
+    if args.model in ("ranking", "all"):
+        version, manifest = training.train_ranking(ws, cfg)
+        print(f"ranking {version}: {json.dumps(manifest['training'])}")
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from shoprec import training
+
+    version, manifest = training.build_index(_ws(args), _training_config(args))
+    print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serving.recommender import Recommender
+    from serving.server import start
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    running = start(Recommender(_ws(args)), args.host, args.port, args.workers)
+    print(f"shoprec serving on {args.host}:{running.port} (Ctrl-C to stop)", flush=True)
+    try:
+        running.wait()
+    except KeyboardInterrupt:
+        running.stop()
+
+
+def print_recommendations(response) -> None:
+    flags = ("personalized" if response.personalized else "cold start: popular items") + (
+        ", DEGRADED (feature store unreachable)" if response.degraded else "")
+    print(f"\nuser {response.user_id} ({flags})")
+    print(render([{"rank": i + 1, "item": r.item_id, "category": r.category, "brand": r.brand,
+                   "price": round(r.price, 2), "score": round(r.score, 4),
+                   "retrieval": round(r.retrieval_score, 4), "source": r.source, "reason": r.reason}
+                  for i, r in enumerate(response.items)]))
+
+
+def cmd_query(args: argparse.Namespace) -> None:
+    from serving.client import RecommenderClient
+
+    with RecommenderClient(args.address, timeout=args.timeout) as client:
+        if args.info:
+            print(client.info())
+        for user in args.user:
+            print_recommendations(client.recommend(user, args.k, exclude=args.exclude, category=args.category))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from shoprec.demo import run_demo
+
+    run_demo(_ws(args), args.preset, args.seed, _training_config(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shoprec", description=__doc__.splitlines()[0])
+    p.add_argument("--workspace", default=None,
+                   help="directory for data, features, Feast stores and models (default: $SHOPREC_HOME or ./var)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def data_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--preset", default="default", choices=["tiny", "default"],
+                        help="synthetic shop size: tiny (tests, seconds) or default (demo)")
+        sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data and models)")
+
+    def train_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--holdout-days", type=int, default=14,
+                        help="last N days held out to report quality (0: train on everything)")
+        sp.add_argument("--retrieval-epochs", type=int, default=5, help="two-tower epochs (default 5)")
+        sp.add_argument("--ranking-epochs", type=int, default=5, help="ranker epochs (default 5)")
+        sp.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat, HNSW32, IVF64,Flat, ...")
+
+    data_args(add("generate", cmd_generate, "generate the synthetic shop into the workspace"))
+    add("validate", cmd_validate, "validate raw tables; write clean tables and the quarantine")
+    add("features", cmd_features, "compute the feature tables and print their summary")
+    add("materialize", cmd_materialize, "apply the Feast repo and materialize into the online store")
+    sp = add("train", cmd_train, "train models: retrieval (+ index) and/or ranking")
+    sp.add_argument("model", nargs="?", default="all", choices=["all", "retrieval", "ranking"])
+    sp.add_argument("--seed", type=int, default=0)
+    train_args(sp)
+    sp = add("index", cmd_index, "build the FAISS index from the live retrieval model and publish it")
+    sp.add_argument("--seed", type=int, default=0)
+    train_args(sp)
+    sp = add("serve", cmd_serve, "serve the live artifacts over gRPC in the foreground")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=50051)
+    sp.add_argument("--workers", type=int, default=8, help="request threads")
+    sp = add("query", cmd_query, "ask a running server for recommendations")
+    sp.add_argument("--address", default="127.0.0.1:50051")
+    sp.add_argument("--user", action="append", default=[], help="user id (repeatable)")
+    sp.add_argument("--k", type=int, default=10)
+    sp.add_argument("--exclude", action="append", default=[], help="item id to exclude (repeatable)")
+    sp.add_argument("--category", default="", help="only this category")
+    sp.add_argument("--info", action="store_true", help="print the live versions first")
+    sp.add_argument("--timeout", type=float, default=5.0, help="deadline per call in seconds")
+    sp = add("demo", cmd_demo, "the whole pipeline on the synthetic shop, then real gRPC queries")
+    data_args(sp)
+    train_args(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except Exception as e:  # known errors get one clear line; anything else a traceback
+        from feature_repo.errors import ShoprecDataError
+        from serving.errors import ServingError
+
+        if isinstance(e, (ShoprecDataError, ServingError)):
+            print(f"shoprec {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Model jobs: train the two-tower retriever, build the FAISS index, train the ranker.
+
+Training sets come from Feast's offline store with point-in-time joins (each example sees the
+user's features as of its own timestamp). The last ``holdout_days`` of events are kept out of
+training and used to report retrieval quality against a popularity baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from feature_repo.artifacts import ArtifactStore
+from feature_repo.data.features import collapse_sequence
+from feature_repo.data.item_table import ItemTable
+from feature_repo.store import open_store
+from feature_repo.workspace import Workspace
+from retrieval.metrics import ndcg_at_k, recall_at_k
+from shoprec.pipeline import load_clean
+
+EVAL_K = 50
+
+
+@dataclass
+class TrainingConfig:
+    """Knobs of the model jobs, each with its documented default."""
+
+    holdout_days: int = 14  # events after (last event - holdout_days) are held out for evaluation
+    retrieval_epochs: int = 5
+    retrieval_learning_rate: float = 0.01
+    # Views count as positives too: they are 80% of the signal and measurably help (docs/benchmarks.md).
+    retrieval_positives: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+    ranking_epochs: int = 5
+    embedding_dim: int = 32
+    index_factory: str = "Flat"  # any FAISS factory string; Flat is exact
+    ranking_candidates: int = 100  # two-tower candidates per training purchase (serving retrieves more)
+    popular_candidates: int = 50  # popular items added as a second source, as in serving
+    ranking_label_days: int = 21  # purchases in the last N days before the holdout are the ranker's labels
+    max_ranking_examples: int = 20_000  # purchases used to train the ranker
+    seed: int = 0
+    verbose: int = 2
+
+
+def stores(ws: Workspace) -> dict[str, ArtifactStore]:
+    return {kind: ArtifactStore(ws.models_dir / kind) for kind in ("retrieval", "index", "ranking")}
+
+
+def cutoff_time(events: pd.DataFrame, holdout_days: int) -> pd.Timestamp:
+    return events["timestamp"].max() - pd.Timedelta(days=holdout_days) if holdout_days > 0 else events["timestamp"].max() + pd.Timedelta(seconds=1)
+
+
+def _historical(ws: Workspace, entity_df: pd.DataFrame, features: Any) -> pd.DataFrame:
+    """Point-in-time user features for (user_id, event_timestamp, row) rows, in ``row`` order."""
+    store = open_store(ws)
+    out = store.get_historical_features(entity_df=entity_df, features=features).to_df()
+    return out.sort_values("row").reset_index(drop=True)
+
+
+def _histories(ws: Workspace, users: pd.Series, times: pd.Series) -> list[list[str]]:
+    entity = pd.DataFrame({"user_id": users.to_numpy(), "event_timestamp": pd.to_datetime(times.to_numpy(), utc=True),
+                           "row": np.arange(len(users))})
+    df = _historical(ws, entity, ["user_recent_fv:recent_items"])
+    return [list(h) if h is not None and not (isinstance(h, float)) else [] for h in df["recent_items"]]
+
+
+def train_retrieval(ws: Workspace, cfg: TrainingConfig = TrainingConfig()) -> tuple[str, dict[str, Any]]:
+    """Train, evaluate on the holdout, export and publish a retrieval version."""
+    from retrieval.train import export, train_two_tower
+
+    events, items, users = load_clean(ws, "events"), load_clean(ws, "items"), load_clean(ws, "users")
+    cutoff = cutoff_time(events, cfg.holdout_days)
+    seq = collapse_sequence(events[events["timestamp"] < cutoff])
+    positives = seq[seq["event_type"].isin(cfg.retrieval_positives)].reset_index(drop=True)
+    positives = positives.merge(items[["item_id", "category"]], on="item_id", how="left")
+    positives["history"] = _histories(ws, positives["user_id"], positives["timestamp"])
+    model, facts = train_two_tower(positives, users["user_id"].tolist(), items, epochs=cfg.retrieval_epochs,
+                                   dim=cfg.embedding_dim, learning_rate=cfg.retrieval_learning_rate, seed=cfg.seed, verbose=cfg.verbose)
+    metrics = evaluate_holdout(ws, model, events, items, cutoff) if cfg.holdout_days > 0 else {}
+    store = stores(ws)["retrieval"]
+    with store.build(kind="retrieval", model="two_tower", cutoff=str(cutoff), training=facts,
+                     metrics=metrics, config=cfg.__dict__) as b:
+        b.manifest["export"] = export(model, items, b.path)
+    store.publish(b.version)
+    return b.version, b.manifest
+
+
+def holdout_targets(events: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Users with history before the cutoff and their set of items purchased after it."""
+    before = set(events.loc[events["timestamp"] < cutoff, "user_id"])
+    after = events[(events["timestamp"] >= cutoff) & (events["event_type"] == "purchase") & events["user_id"].isin(before)]
+    return after.groupby("user_id")["item_id"].agg(set).reset_index(name="relevant")
+
+
+def evaluate_holdout(ws: Workspace, model, events: pd.DataFrame, items: pd.DataFrame,
+                     cutoff: pd.Timestamp) -> dict[str, float]:
+    """Recall/NDCG@50 of held-out purchases: the two-tower model against popularity."""
+    import tensorflow as tf
+
+    from feature_repo.data.features import RECENT_N, pad_sequences
+    from retrieval.index import exact_top_k
+    from retrieval.train import embed_items
+
+    targets = holdout_targets(events, cutoff)
+    if targets.empty:
+        return {}
+    hist = _histories(ws, targets["user_id"], pd.Series([cutoff] * len(targets)))
+    user_emb = model.user_tower({"user_id": tf.constant(targets["user_id"].to_numpy().astype(str)),
+                                 "history": tf.constant(pad_sequences(hist, RECENT_N).astype(str))}).numpy()
+    item_ids = items["item_id"].astype(str).to_numpy()
+    top = exact_top_k(embed_items(model, items), user_emb, EVAL_K)
+    model_lists = [list(item_ids[row]) for row in top]
+    train_buys = events[(events["timestamp"] < cutoff) & (events["event_type"] == "purchase")]
+    popular = train_buys["item_id"].value_counts().index[:EVAL_K].tolist()
+    relevant = targets["relevant"].tolist()
+    return {"holdout_users": len(targets),
+            f"recall_at_{EVAL_K}": round(recall_at_k(model_lists, relevant, EVAL_K), 4),
+            f"ndcg_at_{EVAL_K}": round(ndcg_at_k(model_lists, relevant, EVAL_K), 4),
+            f"popularity_recall_at_{EVAL_K}": round(recall_at_k([popular] * len(relevant), relevant, EVAL_K), 4),
+            f"popularity_ndcg_at_{EVAL_K}": round(ndcg_at_k([popular] * len(relevant), relevant, EVAL_K), 4)}
+
+
+def build_index(ws: Workspace, cfg: TrainingConfig = TrainingConfig()) -> tuple[str, dict[str, Any]]:
+    """Index the live retrieval version's item embeddings; verify, then publish."""
+    import json
+
+    from retrieval.index import build_and_probe
+
+    s = stores(ws)
+    retrieval_version = s["retrieval"].current_version()
+    src = s["retrieval"].current()
+    emb = np.load(src / "item_embeddings.npy")
+    ids = json.loads((src / "item_ids.json").read_text())
+    index, facts = build_and_probe(emb, ids, cfg.index_factory, seed=cfg.seed)
+    with s["index"].build(kind="index", retrieval_version=retrieval_version, **facts) as b:
+        index.save(b.path)
+    s["index"].publish(b.version)
+    return b.version, b.manifest
+
+
+def train_ranking(ws: Workspace, cfg: TrainingConfig = TrainingConfig()) -> tuple[str, dict[str, Any]]:
+    """Train the ranker on (purchase vs other retrieved candidates) from the live index.
+
+    Candidates come from the exported user tower and the published index, i.e. exactly what
+    serving will hand the ranker; user features are point-in-time from Feast.
+    """
+    import tensorflow as tf
+
+    from feature_repo.data.features import RECENT_N, pad_sequences
+    from ranking.features import FEATURE_NAMES, rank_features
+    from ranking.train import export, train_ranker
+    from retrieval.index import ItemIndex
+
+    s = stores(ws)
+    index_dir = s["index"].current()
+    index = ItemIndex.load(index_dir)
+    retrieval_dir = s["retrieval"].root / s["index"].manifest()["retrieval_version"]
+    user_tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
+    item_emb = np.load(retrieval_dir / "item_embeddings.npy")
+
+    events = load_clean(ws, "events")
+    cutoff = cutoff_time(events, cfg.holdout_days)
+    # Labels come from a window after the item snapshot, so item popularity never counts the
+    # very purchases the ranker learns from.
+    label_start = cutoff - pd.Timedelta(days=cfg.ranking_label_days)
+    stats = pd.read_parquet(ws.features_dir / "item_stats.parquet")
+    items = ItemTable.from_stats(stats[stats["event_timestamp"] <= label_start])
+    popular = [items.item_ids[p] for p in items.most_popular(cfg.popular_candidates)]
+    buys = events[(events["timestamp"] >= label_start) & (events["timestamp"] < cutoff)
+                  & (events["event_type"] == "purchase")]
+    buys = buys[buys["item_id"].isin(items.position) & buys["item_id"].isin(index.position)]
+    if len(buys) > cfg.max_ranking_examples:
+        buys = buys.sample(cfg.max_ranking_examples, random_state=cfg.seed)
+    buys = buys.sort_values("timestamp").reset_index(drop=True)
+
+    entity = pd.DataFrame({"user_id": buys["user_id"].to_numpy(), "event_timestamp": buys["timestamp"].to_numpy(),
+                           "row": np.arange(len(buys))})
+    feats = _historical(ws, entity, open_store(ws).get_feature_service("ranking_user_v1"))
+    user_rows = [_clean_user(r) for r in feats.to_dict("records")]
+    hist = pad_sequences([r.get("recent_items") or [] for r in user_rows], RECENT_N)
+    user_emb = user_tower.embed(tf.constant(buys["user_id"].to_numpy().astype(str)), tf.constant(hist.astype(str))).numpy()
+    cand_pos, _ = index.search(user_emb, cfg.ranking_candidates)
+
+    # Same candidate sources as serving: two-tower top-N, then popular items. Purchases that no
+    # source retrieved are left out: the ranker can only re-order what it is given.
+    xs, ys, groups = [], [], []
+    for row, (user, target) in enumerate(zip(user_rows, buys["item_id"])):
+        ids = list(dict.fromkeys([index.item_ids[p] for p in cand_pos[row] if p >= 0] + popular))
+        if target not in ids:
+            continue
+        emb_rows = np.array([index.position[i] for i in ids])
+        scores = (item_emb[emb_rows] @ user_emb[row]).astype(np.float32)
+        positions = np.array([items.position[i] for i in ids])
+        xs.append(rank_features(user, positions, scores, items))
+        ys.append(np.array([i == target for i in ids], dtype=np.float32))
+        groups.append(np.full(len(ids), row))
+    if not xs:
+        raise RuntimeError("no training purchase was among the retrieved candidates; "
+                           "train retrieval first or widen ranking_candidates")
+    x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
+    val = g >= int(0.9 * len(buys))  # the latest 10% of purchases validate
+    model, facts = train_ranker(x[~val], y[~val], x[val], y[val], epochs=cfg.ranking_epochs,
+                                seed=cfg.seed, verbose=cfg.verbose)
+    ranked = model(x[val]).numpy()
+    facts["val_hr_at_10_ranker"] = round(_hit_rate(ranked, y[val], g[val], 10), 4)
+    facts["val_hr_at_10_retrieval_order"] = round(_hit_rate(x[val][:, 0], y[val], g[val], 10), 4)
+    facts["label_window"] = [str(label_start), str(cutoff)]
+    facts["purchases_retrieved"] = f"{len(xs)}/{len(buys)}"
+    with s["ranking"].build(kind="ranking", model="mlp", features=list(FEATURE_NAMES), cutoff=str(cutoff),
+                            index_version=s["index"].current_version(), training=facts,
+                            config=cfg.__dict__) as b:
+        export(model, b.path)
+    s["ranking"].publish(b.version)
+    return b.version, b.manifest
+
+
+def _clean_user(row: dict[str, Any]) -> dict[str, Any]:
+    """Feast's historical rows carry NaN for missing numbers and arrays for lists; normalise."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, float) and np.isnan(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def _hit_rate(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int) -> float:
+    """Share of groups (one purchase each) whose purchased item is in the top k by ``scores``."""
+    hits = []
+    for grp in np.unique(groups):
+        m = groups == grp
+        order = np.argsort(-scores[m], kind="stable")[:k]
+        hits.append(float(y[m][order].max() > 0))
+    return float(np.mean(hits)) if hits else 0.0
