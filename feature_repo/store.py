@@ -34,9 +34,10 @@ def online_store_config(ws: Workspace, online_store: dict[str, Any] | None = Non
 
 def open_store(ws: Workspace, online_store: dict[str, Any] | None = None):
     """A FeatureStore for the workspace (nothing is applied or materialized here)."""
-    _quiet_feast()
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
+
+    _quiet_feast()  # after the import: feast installs its own warning filters when imported
 
     config = RepoConfig(
         project=PROJECT,

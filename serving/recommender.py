@@ -9,6 +9,7 @@ same path with ``degraded=True`` instead of failing the request.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,10 +101,15 @@ class Recommender:
       feature_store: a Feast FeatureStore; opened from the workspace when omitted.
     """
 
-    def __init__(self, ws: Workspace, candidates: int = 200, popular_candidates: int = 50, feature_store=None):
+    def __init__(self, ws: Workspace, candidates: int = 200, popular_candidates: int = 50, feature_store=None,
+                 store_retry_seconds: float = 5.0):
         from feature_repo.store import open_store
 
         self.ws = ws
+        # After a failed read the store is skipped for this long, so that an outage costs one
+        # slow request (client retries/timeouts) instead of every request.
+        self.store_retry_seconds = store_retry_seconds
+        self._store_down_until = 0.0
         self.candidates = candidates
         self.popular_candidates = popular_candidates
         self.models = Models.load(ws)
@@ -113,11 +119,14 @@ class Recommender:
 
     def user_features(self, user_id: str) -> tuple[dict[str, Any], bool]:
         """The user's online features (one read) and whether the store failed."""
+        if time.monotonic() < self._store_down_until:
+            return {}, True
         try:
             row = self.store.get_online_features(features=self.feature_service,
                                                  entity_rows=[{"user_id": user_id}]).to_dict()
         except Exception:  # store down: serve without personal features rather than fail
-            log.exception("online feature read failed for user %s; serving degraded", user_id)
+            log.exception("online feature read failed; skipping the store for %.0fs", self.store_retry_seconds)
+            self._store_down_until = time.monotonic() + self.store_retry_seconds
             return {}, True
         return {k: v[0] for k, v in row.items() if k != "user_id"}, False
 

@@ -1,0 +1,36 @@
+"""A failing online store degrades to popular items with a flag, instead of failing requests."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+def test_online_store_down_degrades(trained_workspace):
+    from feature_repo.store import open_store
+    from serving.recommender import Recommender
+
+    # A real Feast redis online store pointed at a port where no Redis listens.
+    store = open_store(trained_workspace, {"type": "redis", "connection_string": f"127.0.0.1:{_closed_port()}"})
+    rec = Recommender(trained_workspace, feature_store=store)
+    for _ in range(3):  # after the first failure the store is skipped: later calls are fast
+        result = rec.recommend("u000001", 5)
+        assert result.degraded and not result.personalized
+        assert len(result.items) == 5 and {r.source for r in result.items} == {"popular"}
+
+
+def test_missing_models_fail_loudly(tmp_path):
+    from feature_repo.workspace import Workspace
+    from serving.errors import ModelNotLoaded
+    from serving.recommender import Recommender
+
+    with pytest.raises(ModelNotLoaded, match="shoprec train"):
+        Recommender(Workspace.at(tmp_path))
