@@ -14,6 +14,9 @@ import tensorflow as tf
 
 from ranking.model import MLPRanker
 
+# Keras warns that our subclassed models have no get_config(); we export tf.functions instead.
+tf.get_logger().setLevel("ERROR")
+
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC by the rank-sum formula (ties averaged); 0.5 when one class is absent."""

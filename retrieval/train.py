@@ -17,6 +17,9 @@ import tensorflow as tf
 from feature_repo.data.features import RECENT_N, pad_sequences
 from retrieval.model import TwoTower
 
+# Keras warns that our subclassed models have no get_config(); we export tf.functions instead.
+tf.get_logger().setLevel("ERROR")
+
 
 def _dataset(examples: pd.DataFrame, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
     freq = examples["item_id"].map(examples["item_id"].value_counts(normalize=True))
