@@ -118,7 +118,8 @@ class ArtifactStore:
     def prune(self, keep: int) -> list[str]:
         """Delete all but the newest ``keep`` versions; the live one is always kept."""
         live = self.current_version() if (self.root / POINTER).exists() else None
-        old = [v for v in self.versions()[:-keep or None] if v != live] if keep > 0 else []
+        candidates = self.versions()[:-keep] if keep > 0 else self.versions()
+        old = [v for v in candidates if v != live]
         for v in old:
             shutil.rmtree(self.root / v)
         return old

@@ -1,7 +1,8 @@
 """Feast declarations: entities, sources, feature views, push source and feature services.
 
-Read by `feast apply` (module-level objects, paths from $SHOPREC_HOME or ./var) and by
-``feature_repo.store`` (``declarations(features_dir)`` for any workspace).
+Read by `feast apply` run in this folder (module-level objects over ../var, the same default
+workspace that feature_store.yaml points at) and by ``feature_repo.store``
+(``declarations(features_dir)`` for any workspace, e.g. ``--workspace`` or $SHOPREC_HOME).
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float64, Int64, String
 
-from feature_repo.workspace import default_workspace
 
 # Snapshots are daily; a year of TTL keeps a quiet customer's features instead of blanking them.
 FEATURE_TTL = timedelta(days=365)
@@ -66,8 +66,9 @@ def declarations(features_dir: Path) -> dict[str, object]:
                 ranking_user_v1=ranking_user_v1)
 
 
-# Module-level names for `feast apply` run inside feature_repo/.
-_objects = declarations(default_workspace() / "features")
+# Module-level names for `feast apply` run inside feature_repo/: always the ../var workspace,
+# like feature_store.yaml, so the two can never point at different workspaces.
+_objects = declarations(Path(__file__).resolve().parent.parent / "var" / "features")
 user = _objects["user"]
 item = _objects["item"]
 user_activity_fv = _objects["user_activity_fv"]

@@ -62,9 +62,19 @@ def apply(store, ws: Workspace) -> list[str]:
     return sorted(objects)
 
 
-def materialize(store, end: datetime | None = None) -> None:
-    """Incremental: each view continues from where the last run ended; rerunning is a no-op."""
-    store.materialize_incremental(end_date=end or datetime.now(timezone.utc))
+def materialize(store, ws: Workspace, end: datetime | None = None) -> None:
+    """Incremental: each view continues from where the last run ended; rerunning is a no-op.
+
+    The first run covers the feature tables from their earliest row: Feast's own first
+    incremental window starts at now - TTL, which would miss data older than the TTL.
+    """
+    end = end or datetime.now(timezone.utc)
+    if any(not fv.materialization_intervals for fv in store.list_feature_views()):
+        start = min(pd.read_parquet(ws.features_dir / f"{name}.parquet", columns=["event_timestamp"])
+                    ["event_timestamp"].min() for name in FEATURE_TABLES)
+        store.materialize(start_date=start.to_pydatetime(), end_date=end)
+    else:
+        store.materialize_incremental(end_date=end)
 
 
 def feature_summary(ws: Workspace) -> pd.DataFrame:

@@ -68,5 +68,5 @@ def materialize(ws: Workspace, online_store: dict[str, Any] | None = None) -> di
 
     store = feast_store.open_store(ws, online_store)
     objects = feast_store.apply(store, ws)
-    feast_store.materialize(store)
+    feast_store.materialize(store, ws)
     return {"registered": objects, "online_store": feast_store.online_store_config(ws, online_store)["type"]}

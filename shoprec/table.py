@@ -9,7 +9,7 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None)
     """Left-aligned text, right-aligned numbers; floats with 4 significant decimals."""
     if not rows:
         return "(no rows)"
-    columns = list(columns or rows[0].keys())
+    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
 
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -27,13 +27,15 @@ class TableSpec:
     strings: tuple[str, ...] = ()  # other required non-empty string columns
     timestamps: tuple[str, ...] = ()
     numbers: tuple[str, ...] = ()  # required, finite and >= 0
+    optional_numbers: tuple[str, ...] = ()  # may be absent or blank; if given, a number >= 0
 
     @property
     def required(self) -> tuple[str, ...]:
         return self.keys + self.strings + self.timestamps + self.numbers
 
 
-EVENTS = TableSpec("events", keys=("user_id", "item_id"), strings=("event_type",), timestamps=("timestamp",))
+EVENTS = TableSpec("events", keys=("user_id", "item_id"), strings=("event_type",), timestamps=("timestamp",),
+                   optional_numbers=("price", "quantity"))
 ITEMS = TableSpec("items", keys=("item_id",), strings=("category", "brand"), timestamps=("created_at",), numbers=("price",))
 USERS = TableSpec("users", keys=("user_id",), timestamps=("created_at",))
 SPECS = {spec.name: spec for spec in (EVENTS, ITEMS, USERS)}

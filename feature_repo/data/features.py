@@ -38,6 +38,9 @@ def user_activity(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """One row per (user, active day): counts, conversion rate, spend and favourite category."""
     cum = _cumulative_counts(events, "user_id")
     buys = events[events["event_type"] == "purchase"].assign(event_timestamp=lambda d: _day_end(d["timestamp"]))
+    # price is optional on events: fall back to the catalog price where it is absent.
+    catalog_price = buys["item_id"].map(items.set_index("item_id")["price"])
+    buys = buys.assign(price=buys["price"].fillna(catalog_price) if "price" in buys else catalog_price)
     spend = buys.groupby(["user_id", "event_timestamp"])["price"].agg(["sum", "max"])
     spend = spend.reindex(cum.index).fillna(0.0)
     cum["purchase_value"] = spend["sum"].groupby(level=0).cumsum()
@@ -55,37 +58,68 @@ def user_activity(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     return out.astype({"avg_purchase_price": "float64", "max_purchase_price": "float64"})
 
 
-def collapse_sequence(events: pd.DataFrame) -> pd.DataFrame:
-    """Merge runs of consecutive events on the same item per user; keep the deepest event type."""
+def collapse_sequence(events: pd.DataFrame, split_days: bool = False) -> pd.DataFrame:
+    """Merge runs of consecutive events on the same item per user; keep the deepest event type.
+
+    With ``split_days`` a run is also cut at midnight (UTC), and the ``run`` column keeps the
+    id of the uncut run, so that daily snapshots can merge the pieces they both see.
+    """
     ev = events.sort_values(["user_id", "timestamp"], kind="stable")
-    new_run = (ev["user_id"] != ev["user_id"].shift()) | (ev["item_id"] != ev["item_id"].shift())
-    run = new_run.cumsum()
+    run = ((ev["user_id"] != ev["user_id"].shift()) | (ev["item_id"] != ev["item_id"].shift())).cumsum()
+    piece = run
+    if split_days:
+        day = ev["timestamp"].dt.floor("D")
+        piece = ((run != run.shift()) | (day != day.shift())).cumsum()
     depth = ev["event_type"].map({t: i for i, t in enumerate(EVENT_TYPES)})
-    g = pd.DataFrame({"run": run, "user_id": ev["user_id"], "item_id": ev["item_id"],
-                      "timestamp": ev["timestamp"], "depth": depth}).groupby("run", sort=True)
-    out = g.agg(user_id=("user_id", "first"), item_id=("item_id", "first"),
-                timestamp=("timestamp", "last"), depth=("depth", "max")).reset_index(drop=True)
+    g = pd.DataFrame({"piece": piece, "run": run, "user_id": ev["user_id"], "item_id": ev["item_id"],
+                      "timestamp": ev["timestamp"], "depth": depth}).groupby("piece", sort=True)
+    out = g.agg(user_id=("user_id", "first"), item_id=("item_id", "first"), timestamp=("timestamp", "last"),
+                depth=("depth", "max"), run=("run", "first")).reset_index(drop=True)
     out["event_type"] = np.array(EVENT_TYPES, dtype=object)[out["depth"].to_numpy()]
-    return out.drop(columns="depth")
+    return out.drop(columns="depth") if split_days else out.drop(columns=["depth", "run"])
+
+
+def _merge_pieces(items: np.ndarray, depth: np.ndarray, runs: np.ndarray) -> tuple[list[str], list[str]]:
+    """Join consecutive pieces of one run (split at midnight) back into one deepest entry."""
+    out_items: list[str] = []
+    out_depth: list[int] = []
+    last_run = None
+    for item, d, r in zip(items, depth, runs):
+        if r == last_run:
+            out_depth[-1] = max(out_depth[-1], d)
+        else:
+            out_items.append(item)
+            out_depth.append(d)
+        last_run = r
+    return out_items, [EVENT_TYPES[d] for d in out_depth]
 
 
 def user_recent(events: pd.DataFrame, n: int = RECENT_N) -> pd.DataFrame:
-    """One row per (user, active day): the last ``n`` items (oldest first) and event types."""
-    seq = collapse_sequence(events)
+    """One row per (user, active day): the last ``n`` items (oldest first) and event types.
+
+    The snapshot at a day's end sees exactly the events up to then: an item viewed at 23:59 is
+    in that day's snapshot as a view, and in the next day's as the deeper type if it was carted
+    after midnight.
+    """
+    seq = collapse_sequence(events, split_days=True)
     seq["event_timestamp"] = _day_end(seq["timestamp"])
+    depth_of = {t: i for i, t in enumerate(EVENT_TYPES)}
     users, ts, items_out, types_out = [], [], [], []
     for user, g in seq.groupby("user_id", sort=True):
         item_arr = g["item_id"].to_numpy()
-        type_arr = g["event_type"].to_numpy()
+        depth_arr = g["event_type"].map(depth_of).to_numpy()
+        run_arr = g["run"].to_numpy()
         day_arr = g["event_timestamp"].to_numpy()
         # Last position of each day: the snapshot at that day's end includes everything up to it.
         last_pos = np.flatnonzero(np.r_[day_arr[1:] != day_arr[:-1], True])
         for pos in last_pos:
-            lo = max(0, pos + 1 - n)
+            lo = max(0, pos + 1 - 2 * n)  # pieces merge, so look back further than n
+            merged_items, merged_types = _merge_pieces(item_arr[lo:pos + 1], depth_arr[lo:pos + 1],
+                                                       run_arr[lo:pos + 1])
             users.append(user)
             ts.append(day_arr[pos])
-            items_out.append(item_arr[lo:pos + 1].tolist())
-            types_out.append(type_arr[lo:pos + 1].tolist())
+            items_out.append(merged_items[-n:])
+            types_out.append(merged_types[-n:])
     return pd.DataFrame({"user_id": users, "event_timestamp": pd.to_datetime(ts, utc=True),
                          "recent_items": items_out, "recent_event_types": types_out})
 

@@ -97,6 +97,12 @@ def _validate_table(
         rows.flag(num.isna() | ~np.isfinite(num.fillna(0)), f"bad {col}: not a number")
         rows.flag(num < 0, f"bad {col}: negative")
         out[col] = num.astype("float64")
+    for col in spec.optional_numbers:
+        if col in out.columns:  # optional: blank is allowed (NaN), garbage is not
+            num = pd.to_numeric(out[col], errors="coerce")
+            rows.flag(num.isna() & ~_blank(out[col]), f"bad {col}: not a number")
+            rows.flag(num < 0, f"bad {col}: negative")
+            out[col] = num.astype("float64")
     if spec is EVENTS:
         unknown = ~out["event_type"].isin(EVENT_TYPES)
         rows.flag(unknown, "unknown event_type '" + out["event_type"].astype(str) + f"' (expected one of {list(EVENT_TYPES)})")
@@ -135,7 +141,8 @@ def validate(
 
     ``now`` defaults to the wall clock; timestamps after it are quarantined.
     """
-    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now).tz_convert("UTC")
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
     clean_items, q_items = _validate_table(items, ITEMS, now, None)
     clean_users, q_users = _validate_table(users, USERS, now, None)
     clean_events, q_events = _validate_table(events, EVENTS, now, pd.Index(clean_items["item_id"]))

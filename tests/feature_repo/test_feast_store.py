@@ -1,0 +1,177 @@
+"""The Feast repo for real: `feast` CLI in a copied repo, and feature_repo.store in a workspace.
+
+sqlite online store and duckdb offline store in tmp_path; the feature tables are built from the
+tiny synthetic shop, so these tests also cover synthetic → validate → features → Feast.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import feature_repo
+from feature_repo.data.features import build_all, latest
+from feature_repo.data.synthetic import END_DATE, generate
+from feature_repo.data.validation import validate
+from feature_repo.store import FEATURE_TABLES, apply, materialize, open_store
+from feature_repo.workspace import Workspace
+
+NOW = pd.Timestamp("2026-11-01", tz="UTC")
+FEAST = Path(sys.executable).parent / "feast"
+USER_FEATURES = ["user_activity_fv:n_view", "user_activity_fv:n_purchase",
+                 "user_recent_fv:recent_items", "user_recent_fv:recent_event_types"]
+
+
+@pytest.fixture(scope="module")
+def clean():
+    shop = generate("tiny", seed=0)
+    report = validate(shop.events, shop.items, shop.users, now=NOW)
+    assert report.quarantine.empty
+    return report.tables["events"], report.tables["items"]
+
+
+def _write_features(tables: dict[str, pd.DataFrame], features_dir: Path) -> None:
+    features_dir.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        df.to_parquet(features_dir / f"{name}.parquet", index=False)
+
+
+def _online(store, user_ids: list[str], features=USER_FEATURES) -> dict[str, list]:
+    rows = [{"user_id": u} for u in user_ids]
+    return store.get_online_features(features=features, entity_rows=rows).to_dict()
+
+
+def _as_list(v) -> list:
+    return [] if v is None else list(v)
+
+
+def test_feast_cli_apply_and_materialize_in_a_copied_repo(tmp_path, clean):
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(Path(feature_repo.__file__).parent, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    tables = build_all(*clean)
+    _write_features(tables, tmp_path / "var" / "features")
+    # The Feast CLI always works on the workspace next to the repo (../var), whatever
+    # SHOPREC_HOME says, so registry, online store and sources can never disagree.
+    elsewhere = tmp_path / "elsewhere"
+    env = {**os.environ, "SHOPREC_HOME": str(elsewhere), "TF_USE_LEGACY_KERAS": "1"}
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    for cmd in ([str(FEAST), "apply"], [str(FEAST), "materialize-incremental", now]):
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+    assert (tmp_path / "var" / "feast" / "online_store.db").is_file()
+    assert (tmp_path / "var" / "feast" / "registry.db").is_file()
+    assert not elsewhere.exists()
+
+    import feast
+
+    store = feast.FeatureStore(repo_path=str(repo))
+    want = latest(tables["user_recent"], "user_id").set_index("user_id")
+    user = want.index[0]
+    got = _online(store, [user])
+    assert len(_as_list(got["recent_items"][0])) > 0
+    assert _as_list(got["recent_items"][0]) == list(want.loc[user, "recent_items"])
+    assert got["n_view"][0] == latest(tables["user_activity"], "user_id").set_index("user_id").loc[user, "n_view"]
+
+
+@pytest.fixture(scope="module")
+def planted(clean):
+    """Feature tables plus one purchase planted 10 days after the entity timestamp ``t``."""
+    events, items = clean
+    buyer = events.loc[events["event_type"] == "purchase", "user_id"].value_counts().index[0]
+    t = END_DATE + pd.Timedelta(days=1, hours=12)  # after every generated event
+    extra = events[events["user_id"] == buyer].iloc[[-1]].assign(
+        event_type="purchase", timestamp=t + pd.Timedelta(days=10))
+    tables = build_all(pd.concat([events, extra], ignore_index=True), items)
+    base = int(((events["user_id"] == buyer) & (events["event_type"] == "purchase")).sum())
+    return {"tables": tables, "buyer": buyer, "t": t, "base_purchases": base}
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory, planted):
+    ws = Workspace.at(tmp_path_factory.mktemp("ws"))
+    _write_features(planted["tables"], ws.features_dir)
+    store = open_store(ws)
+    names = apply(store, ws)
+    return store, ws, names
+
+
+def test_apply_registers_every_declaration(applied):
+    store, ws, names = applied
+    assert names == sorted(["user", "item", "user_activity_fv", "user_recent_push", "user_recent_fv",
+                            "item_stats_fv", "retrieval_user_v1", "ranking_user_v1"])
+    assert {fv.name for fv in store.list_feature_views()} == {"user_activity_fv", "user_recent_fv", "item_stats_fv"}
+    assert {fs.name for fs in store.list_feature_services()} == {"retrieval_user_v1", "ranking_user_v1"}
+    assert (ws.feast_dir / "registry.db").is_file()
+    assert {p.stem for p in ws.features_dir.glob("*.parquet")} == set(FEATURE_TABLES)
+
+
+def test_materialize_is_idempotent(applied, planted):
+    store, ws, _ = applied
+    users = sorted(latest(planted["tables"]["user_recent"], "user_id")["user_id"])[:25]
+    materialize(store, ws)
+    first = _online(store, users)
+    assert (ws.feast_dir / "online_store.db").is_file()
+    materialize(store, ws)  # continues from the previous end: nothing new, no error
+    second = _online(store, users)
+    assert first == second
+    want = latest(planted["tables"]["user_activity"], "user_id").set_index("user_id")
+    assert first["n_view"] == [int(want.loc[u, "n_view"]) for u in users]
+    assert all(len(_as_list(r)) > 0 for r in first["recent_items"])
+    # the planted purchase is in the latest snapshot
+    buyer = _online(store, [planted["buyer"]])
+    assert buyer["n_purchase"] == [planted["base_purchases"] + 1]
+
+
+def test_historical_features_are_point_in_time(applied, planted):
+    store, _, _ = applied
+    buyer, t = planted["buyer"], planted["t"]
+    act = planted["tables"]["user_activity"]
+    mine = act[act["user_id"] == buyer].sort_values("event_timestamp").reset_index(drop=True)
+    # a snapshot followed by one with more views: a leak of the later one would show
+    grows = mine.index[mine["n_view"].diff().shift(-1) > 0]
+    assert len(grows) > 0
+    mid = mine.loc[grows[0]]
+    entity = pd.DataFrame({
+        "user_id": [buyer] * 3,
+        "event_timestamp": [mid["event_timestamp"] + pd.Timedelta(hours=1), t, t + pd.Timedelta(days=11)],
+        "row": [0, 1, 2],
+    })
+    hist = store.get_historical_features(
+        entity_df=entity, features=["user_activity_fv:n_view", "user_activity_fv:n_purchase"],
+    ).to_df().sort_values("row").reset_index(drop=True)
+    assert len(hist) == 3
+    assert hist["row"].tolist() == [0, 1, 2]
+    # between two snapshots: the earlier one's values, not the later ones
+    assert hist.loc[0, "n_view"] == mid["n_view"]
+    assert hist.loc[0, "n_purchase"] == mid["n_purchase"]
+    # the purchase planted 10 days after t is invisible at t and visible after it
+    assert hist.loc[1, "n_purchase"] == planted["base_purchases"]
+    assert hist.loc[2, "n_purchase"] == planted["base_purchases"] + 1
+
+
+def test_push_updates_the_online_recent_items(applied, planted):
+    from feast.data_source import PushMode
+
+    store, ws, _ = applied
+    materialize(store, ws)
+    user = planted["buyer"]
+    new_items = ["i000001", "i000002", "i000003"]
+    pushed = pd.DataFrame({
+        "user_id": [user],
+        "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+        "recent_items": [new_items],
+        "recent_event_types": [["view", "click", "add_to_cart"]],
+    })
+    assert _as_list(_online(store, [user])["recent_items"][0]) != new_items
+    store.push("user_recent_push", pushed, to=PushMode.ONLINE)
+    got = _online(store, [user])
+    assert _as_list(got["recent_items"][0]) == new_items
+    assert _as_list(got["recent_event_types"][0]) == ["view", "click", "add_to_cart"]
+    # the other view of the same user is untouched by the push
+    assert got["n_purchase"] == [planted["base_purchases"] + 1]

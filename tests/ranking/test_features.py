@@ -1,0 +1,99 @@
+"""rank_features: the (user, candidate) matrix the ranker sees, on a hand-made ItemTable."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from feature_repo.data.item_table import ItemTable
+from ranking.features import FEATURE_NAMES, rank_features
+
+COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+@pytest.fixture()
+def items() -> ItemTable:
+    return ItemTable(
+        item_ids=np.array(["A", "B", "C", "D", "E"], dtype=object),
+        category=np.array(["shoes", "shoes", "books", "books", "toys"], dtype=object),
+        brand=np.array(["b1", "b2", "b3", "b3", "b4"], dtype=object),
+        price=np.array([10.0, 20.0, 30.0, 40.0, 50.0]),
+        n_view=np.array([100.0, 50.0, 10.0, 0.0, 5.0]),
+        n_purchase=np.array([10.0, 5.0, 1.0, 0.0, 0.0]),
+        conversion_rate=np.array([0.1, 0.1, 0.1, 0.0, 0.0]),
+    )
+
+
+USER = {
+    "recent_items": ["A", "B", "C", "X"],  # X is not in the catalog
+    "recent_event_types": ["view", "add_to_cart", "click", "view"],
+    "avg_purchase_price": 20.0,
+    "n_view": 10,
+    "n_purchase": 2,
+    "conversion_rate": 0.2,
+    "favourite_category": "shoes",
+}
+ALL = np.arange(5)
+
+
+def test_shape_and_dtype(items):
+    x = rank_features(USER, ALL, np.linspace(1, 0, 5), items)
+    assert x.shape == (5, len(FEATURE_NAMES)) == (5, 14)
+    assert x.dtype == np.float32
+    assert np.isfinite(x).all()
+    np.testing.assert_allclose(x[:, COL["retrieval_score"]], np.linspace(1, 0, 5))
+    # candidate order follows the positions passed in
+    y = rank_features(USER, np.array([4, 0]), np.zeros(2), items)
+    np.testing.assert_array_equal(y, x[[4, 0]] * np.r_[0, np.ones(13)].astype(np.float32))
+
+
+def test_recent_behaviour_features(items):
+    x = rank_features(USER, ALL, np.zeros(5), items)
+    # known recent items: A, B (shoes), C (books); X is left out of the shares
+    np.testing.assert_allclose(x[:, COL["category_share_recent"]], [2 / 3, 2 / 3, 1 / 3, 1 / 3, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(x[:, COL["brand_share_recent"]], [1 / 3, 1 / 3, 1 / 3, 1 / 3, 0.0], rtol=1e-6)
+    assert x[:, COL["seen_recently"]].tolist() == [1, 1, 1, 0, 0]
+    assert x[:, COL["carted_recently"]].tolist() == [0, 1, 0, 0, 0]
+
+
+def test_item_and_user_numbers(items):
+    x = rank_features(USER, ALL, np.zeros(5), items)
+    np.testing.assert_allclose(x[:, COL["item_log_views"]], np.log1p(items.n_view), rtol=1e-6)
+    np.testing.assert_allclose(x[:, COL["item_log_purchases"]], np.log1p(items.n_purchase), rtol=1e-6)
+    np.testing.assert_allclose(x[:, COL["item_conversion_rate"]], items.conversion_rate, rtol=1e-6)
+    np.testing.assert_allclose(x[:, COL["item_log_price"]], np.log1p(items.price), rtol=1e-6)
+    np.testing.assert_allclose(x[:, COL["price_vs_user_avg"]], np.log((items.price + 1) / 21.0), rtol=1e-5)
+    assert x[1, COL["price_vs_user_avg"]] == pytest.approx(0.0, abs=1e-6)  # B costs the user's average
+    assert (x[:, COL["user_has_purchased"]] == 1).all()
+    assert x[0, COL["user_log_views"]] == pytest.approx(np.log1p(10))
+    assert x[0, COL["user_log_purchases"]] == pytest.approx(np.log1p(2))
+    assert x[0, COL["user_conversion_rate"]] == pytest.approx(0.2)
+
+
+def test_price_vs_user_avg_is_zero_without_purchases(items):
+    user = {**USER, "avg_purchase_price": 0.0, "n_purchase": 0}
+    x = rank_features(user, ALL, np.zeros(5), items)
+    assert (x[:, COL["price_vs_user_avg"]] == 0).all()
+    assert (x[:, COL["user_has_purchased"]] == 0).all()
+
+
+@pytest.mark.parametrize("user", [
+    {},
+    # what a Feast online read returns for an unknown user: every feature None
+    {"recent_items": None, "recent_event_types": None, "avg_purchase_price": None, "n_view": None,
+     "n_purchase": None, "conversion_rate": None, "favourite_category": None},
+], ids=["empty", "all-none"])
+def test_cold_user(items, user):
+    x = rank_features(user, ALL, np.zeros(5), items)
+    assert x.shape == (5, len(FEATURE_NAMES))
+    assert np.isfinite(x).all()
+    user_cols = ["price_vs_user_avg", "user_has_purchased", "user_log_views", "user_log_purchases",
+                 "user_conversion_rate", "category_share_recent", "brand_share_recent", "seen_recently",
+                 "carted_recently"]
+    assert (x[:, [COL[c] for c in user_cols]] == 0).all()
+    # item features are still there
+    np.testing.assert_allclose(x[:, COL["item_log_views"]], np.log1p(items.n_view), rtol=1e-6)
+
+
+def test_empty_candidates(items):
+    x = rank_features(USER, np.array([], dtype=np.int64), np.array([], dtype=np.float32), items)
+    assert x.shape == (0, len(FEATURE_NAMES))

@@ -1,0 +1,119 @@
+"""ItemIndex against a brute-force numpy oracle; save → load → same top-k; broken dirs fail loudly."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from retrieval.index import (
+    IDS_FILE,
+    INDEX_FILE,
+    IndexNotLoaded,
+    ItemIndex,
+    build_and_probe,
+    exact_top_k,
+    recall_vs_exact,
+)
+
+
+def _unit(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype("float32")
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _ids(n: int) -> list[str]:
+    return [f"i{i:05d}" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def emb() -> np.ndarray:
+    return _unit(2000, 16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def queries() -> np.ndarray:
+    return _unit(50, 16, seed=1)
+
+
+def test_exact_top_k_oracle_is_sorted_best_first():
+    e = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.0]], dtype="float32")
+    q = np.array([[1.0, 0.1]], dtype="float32")
+    assert exact_top_k(e, q, 3).tolist() == [[0, 2, 1]]
+    assert exact_top_k(e, q, 10).shape == (1, 4)
+
+
+def test_flat_matches_exact_search(emb, queries):
+    k = 10
+    index = ItemIndex.build(emb, _ids(len(emb)), "Flat")
+    assert len(index) == 2000 and index.dim == 16
+    pos, scores = index.search(queries, k)
+    assert pos.shape == scores.shape == (len(queries), k)
+    exact = exact_top_k(emb, queries, k)
+    exact_scores = np.take_along_axis(queries @ emb.T, exact, axis=1)
+    # allow ties: the scores agree, and the returned positions really have those scores
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(queries @ emb.T, pos, axis=1), scores, rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6), "scores must be best first"
+    assert recall_vs_exact(index, emb, queries, k) == 1.0
+    assert index.item_ids[pos[0, 0]] == f"i{exact[0, 0]:05d}"
+
+
+def test_flat_k_larger_than_index_returns_all():
+    e = _unit(5, 4, seed=2)
+    index = ItemIndex.build(e, _ids(5), "Flat")
+    pos, _ = index.search(e[:1], 50)
+    assert sorted(pos[0].tolist()) == list(range(5))
+
+
+def test_hnsw_k_above_default_ef_search(emb, queries):
+    k = 64  # > FAISS's default efSearch of 16
+    index = ItemIndex.build(emb, _ids(len(emb)), "HNSW32")
+    assert index.index.hnsw.efSearch == 16
+    pos, scores = index.search(queries, k)
+    assert pos.shape == (len(queries), k)
+    assert (pos >= 0).all(), "HNSW returned fewer than k results"
+    assert index.index.hnsw.efSearch >= k
+    assert recall_vs_exact(index, emb, queries, k) >= 0.9
+
+
+def test_save_load_same_top_k(tmp_path, emb, queries):
+    for factory in ("Flat", "HNSW32"):
+        index = ItemIndex.build(emb, _ids(len(emb)), factory)
+        before_pos, before_scores = index.search(queries, 20)
+        index.save(tmp_path / factory)
+        assert (tmp_path / factory / INDEX_FILE).is_file()
+        loaded = ItemIndex.load(tmp_path / factory, factory)
+        assert loaded.item_ids.tolist() == _ids(len(emb))
+        after_pos, after_scores = loaded.search(queries, 20)
+        np.testing.assert_array_equal(after_pos, before_pos)
+        np.testing.assert_allclose(after_scores, before_scores)
+        assert loaded.position["i00042"] == 42
+
+
+def test_corrupt_index_file_raises_index_not_loaded(tmp_path, emb):
+    ItemIndex.build(emb[:100], _ids(100)).save(tmp_path)
+    (tmp_path / INDEX_FILE).write_bytes(b"this is not a faiss index")
+    with pytest.raises(IndexNotLoaded, match="shoprec index"):
+        ItemIndex.load(tmp_path)
+
+
+def test_missing_index_dir_raises_index_not_loaded(tmp_path):
+    with pytest.raises(IndexNotLoaded):
+        ItemIndex.load(tmp_path / "nope")
+
+
+def test_mismatched_ids_raise_index_not_loaded(tmp_path, emb):
+    with pytest.raises(IndexNotLoaded, match="100 vectors but 99"):
+        ItemIndex.build(emb[:100], _ids(99))
+    ItemIndex.build(emb[:100], _ids(100)).save(tmp_path)
+    (tmp_path / IDS_FILE).write_text(json.dumps(_ids(101)))
+    with pytest.raises(IndexNotLoaded, match="101 item ids"):
+        ItemIndex.load(tmp_path)
+
+
+def test_build_and_probe_flat_recall_is_exact(emb):
+    index, report = build_and_probe(emb, _ids(len(emb)), "Flat", probe_queries=50, k=100)
+    assert isinstance(index, ItemIndex) and len(index) == len(emb)
+    assert report["recall_at_100_vs_exact"] == 1.0
+    assert report["factory"] == "Flat" and report["items"] == 2000 and report["dim"] == 16
