@@ -19,3 +19,7 @@ class WorkspaceNotReady(ShoprecDataError):
 
 class ArtifactError(ShoprecDataError):
     """A versioned artifact is missing, incomplete or fails its checksum."""
+
+
+class ConfigError(ShoprecDataError):
+    """A setting has a value shoprec cannot use; the message names the setting and the fix."""

@@ -7,12 +7,14 @@ and online store.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
 
+from feature_repo.errors import ConfigError
 from feature_repo.workspace import Workspace
 
 FEATURE_TABLES = ("user_activity", "user_recent", "item_stats")
@@ -27,12 +29,32 @@ def _quiet_feast() -> None:
     warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
 
 
-def online_store_config(ws: Workspace, online_store: dict[str, Any] | None = None) -> dict[str, Any]:
-    """sqlite in the workspace by default; pass e.g. {"type": "redis", "connection_string": ...}."""
-    return online_store or {"type": "sqlite", "path": str(ws.feast_dir / "online_store.db")}
+ONLINE_STORE_ENV = "SHOPREC_ONLINE_STORE"
 
 
-def open_store(ws: Workspace, online_store: dict[str, Any] | None = None):
+def online_store_config(ws: Workspace, online_store: str | dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Feast online store config from a URL, a Feast config dict, or $SHOPREC_ONLINE_STORE.
+
+    ``sqlite`` (the default) is a file in the workspace; ``redis://HOST:PORT[/DB]`` is Feast's
+    redis store (production). A dict is passed to Feast unchanged.
+    """
+    if isinstance(online_store, dict):
+        return online_store
+    url = online_store or os.environ.get(ONLINE_STORE_ENV) or "sqlite"
+    if url == "sqlite":
+        return {"type": "sqlite", "path": str(ws.feast_dir / "online_store.db")}
+    if url.startswith("redis://"):
+        hostport, _, db = url[len("redis://"):].partition("/")
+        host, _, port = hostport.partition(":")
+        if not host or not port.isdigit() or (db and not db.isdigit()):
+            raise ConfigError(f"online store {url!r}: expected redis://HOST:PORT[/DB], e.g. redis://127.0.0.1:6379/0")
+        conn = f"{host}:{port}" + (f",db={db}" if db else "")
+        return {"type": "redis", "connection_string": conn}
+    raise ConfigError(f"online store {url!r} (from --online-store or ${ONLINE_STORE_ENV}) is not supported; "
+                      f"use 'sqlite' or 'redis://HOST:PORT[/DB]'.")
+
+
+def open_store(ws: Workspace, online_store: str | dict[str, Any] | None = None):
     """A FeatureStore for the workspace (nothing is applied or materialized here)."""
     from feast import FeatureStore
     from feast.repo_config import RepoConfig

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from shoprec.table import render
 def _ws(args: argparse.Namespace):
     from feature_repo.workspace import Workspace
 
+    if args.online_store:  # every job of this process (materialize, serve, ...) uses it
+        os.environ["SHOPREC_ONLINE_STORE"] = args.online_store
     return Workspace.at(args.workspace)
 
 
@@ -120,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shoprec", description=__doc__.splitlines()[0])
     p.add_argument("--workspace", default=None,
                    help="directory for data, features, Feast stores and models (default: $SHOPREC_HOME or ./var)")
+    p.add_argument("--online-store", default=None,
+                   help="Feast online store: 'sqlite' (default, in the workspace) or 'redis://HOST:PORT[/DB]' "
+                        "(default: $SHOPREC_ONLINE_STORE or sqlite)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except Exception as e:  # known errors get one clear line; anything else a traceback
-        from feature_repo.errors import ShoprecDataError
+        from feature_repo.errors import ShoprecDataError  # includes ConfigError
         from serving.errors import ServingError
 
         if isinstance(e, (ShoprecDataError, ServingError)):

@@ -62,7 +62,7 @@ def build_features(ws: Workspace) -> pd.DataFrame:
     return feature_summary(ws)
 
 
-def materialize(ws: Workspace, online_store: dict[str, Any] | None = None) -> dict[str, Any]:
+def materialize(ws: Workspace, online_store: str | dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply the Feast repo and materialize incrementally into the online store."""
     from feature_repo import store as feast_store
 
