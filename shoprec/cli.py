@@ -27,7 +27,7 @@ def _ws(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> None:
     from shoprec import pipeline
 
-    counts = pipeline.generate(_ws(args), args.preset, args.seed)
+    counts = pipeline.generate(_ws(args), args.preset, args.seed, progress=print)
     print(render([{"table": k, "rows": v} for k, v in counts.items()]))
 
 
@@ -35,7 +35,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from shoprec import pipeline
 
     ws = _ws(args)
-    report = pipeline.validate(ws)
+    from feature_repo.data.cleaning import CleaningRules
+
+    report = pipeline.validate(ws, cleaning=None if args.no_cleaning else CleaningRules())
     print(render([{"table": t, **c} for t, c in report.counts.items()]))
     print(f"quarantined rows with reasons: {ws.clean_dir / 'quarantine.csv'}")
 
@@ -134,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     def data_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--preset", default="default", choices=["tiny", "default"],
-                        help="synthetic shop size: tiny (tests, seconds) or default (demo)")
+        sp.add_argument("--preset", default="default", choices=["tiny", "default", "large"],
+                        help="synthetic shop size: tiny (tests, seconds), default (demo), large (benchmarks: "
+                             "1M users, 100k items, ~30M events, streamed)")
         sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data and models)")
 
     def train_args(sp: argparse.ArgumentParser) -> None:
@@ -146,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat, HNSW32, IVF64,Flat, ...")
 
     data_args(add("generate", cmd_generate, "generate the synthetic shop into the workspace"))
-    add("validate", cmd_validate, "validate raw tables; write clean tables and the quarantine")
+    sp = add("validate", cmd_validate, "validate raw tables; write clean tables and the quarantine")
+    sp.add_argument("--no-cleaning", action="store_true",
+                    help="keep bots and duplicate events (to measure what cleaning is worth)")
     add("features", cmd_features, "compute the feature tables and print their summary")
     add("materialize", cmd_materialize, "apply the Feast repo and materialize into the online store")
     sp = add("train", cmd_train, "train models: retrieval (+ index) and/or ranking")

@@ -9,26 +9,29 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from feature_repo.data import features as feature_tables
 from feature_repo.data.contract import read_table, write_table
-from feature_repo.data.synthetic import generate as generate_shop
+from feature_repo.data.cleaning import CleaningRules
+from feature_repo.data.synthetic import write_shop
 from feature_repo.data.validation import ValidationReport, validate as validate_tables
 from feature_repo.workspace import Workspace
 
 TABLES = ("events", "items", "users")
 
 
-def generate(ws: Workspace, preset: str = "default", seed: int = 0) -> dict[str, int]:
-    """Write the synthetic shop's raw tables (and its hidden truth, for evaluation only)."""
-    shop = generate_shop(preset, seed=seed)
-    for name in TABLES:
-        write_table(getattr(shop, name), ws.raw_dir / f"{name}.parquet")
-    np.savez_compressed(ws.raw_dir / "truth.npz", **shop.truth)
-    (ws.raw_dir / "source.json").write_text(json.dumps({"generator": "synthetic", "preset": preset, "seed": seed}))
-    return {name: len(getattr(shop, name)) for name in TABLES}
+def generate(ws: Workspace, preset: str = "default", seed: int = 0, progress=None) -> dict[str, int]:
+    """Stream the synthetic shop's raw tables (and its hidden truth, for evaluation only)."""
+    for stale in ws.raw_dir.glob("*.csv"):  # an earlier import must not shadow the new tables
+        stale.unlink()
+    return write_shop(ws.raw_dir, preset, seed, progress)
+
+
+def source_info(ws: Workspace) -> dict[str, Any]:
+    """What produced the raw tables (generator or importer), from ``data/raw/source.json``."""
+    path = ws.raw_dir / "source.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _raw_path(ws: Workspace, name: str) -> Path:
@@ -38,10 +41,17 @@ def _raw_path(ws: Workspace, name: str) -> Path:
     return ws.require(ws.raw_dir / f"{name}.parquet", "generate")
 
 
-def validate(ws: Workspace, now: pd.Timestamp | None = None) -> ValidationReport:
-    """Validate the raw tables; write the clean ones, quarantine.csv and validation.json."""
+def validate(ws: Workspace, now: pd.Timestamp | None = None,
+             cleaning: CleaningRules | None = CleaningRules()) -> ValidationReport:
+    """Validate the raw tables; write the clean ones, quarantine.csv and validation.json.
+
+    ``now`` defaults to the data's ``as_of`` time when its source says when it was exported
+    (the synthetic shop does), else the wall clock.
+    """
     raw = {name: read_table(_raw_path(ws, name)) for name in TABLES}
-    report = validate_tables(raw["events"], raw["items"], raw["users"], now=now)
+    as_of = source_info(ws).get("as_of")
+    now = now if now is not None else (pd.Timestamp(as_of) if as_of else None)
+    report = validate_tables(raw["events"], raw["items"], raw["users"], now=now, cleaning=cleaning)
     for name, df in report.tables.items():
         write_table(df, ws.clean_dir / f"{name}.parquet")
     report.write(ws.clean_dir)

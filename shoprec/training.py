@@ -186,7 +186,9 @@ def train_ranking(ws: Workspace, cfg: TrainingConfig = TrainingConfig()) -> tupl
     # source retrieved are left out: the ranker can only re-order what it is given.
     xs, ys, groups = [], [], []
     for row, (user, target) in enumerate(zip(user_rows, buys["item_id"])):
-        ids = list(dict.fromkeys([index.item_ids[p] for p in cand_pos[row] if p >= 0] + popular))
+        retrieved = [index.item_ids[p] for p in cand_pos[row] if p >= 0]
+        # Items launched after the snapshot have no features yet: they cannot be candidates then.
+        ids = [i for i in dict.fromkeys(retrieved + popular) if i in items.position]
         if target not in ids:
             continue
         emb_rows = np.array([index.position[i] for i in ids])

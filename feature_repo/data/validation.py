@@ -6,7 +6,8 @@ exactly one reason (the first rule it breaks, in the order below). Nothing is dr
 
 Rules, in order: missing key or required value; value of the wrong type (unparseable timestamp
 or number, negative price); unknown event_type; timestamp in the future; event for an item that
-is not in the catalog; duplicate of an earlier row.
+is not in the catalog; events of a bot (feature_repo/data/cleaning.py); duplicate of an earlier
+row. ``cleaning=None`` turns the last two off (to measure what cleaning is worth).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from feature_repo.data.cleaning import CleaningRules, bot_reasons
 from feature_repo.data.contract import EVENT_TYPES, EVENTS, ITEMS, USERS, TableSpec, check_columns
 
 QUARANTINE_COLUMNS = ["table", "row", "reason", "record"]
@@ -78,7 +80,8 @@ class _Rows:
 
 
 def _validate_table(
-    df: pd.DataFrame, spec: TableSpec, now: pd.Timestamp, known_items: pd.Index | None
+    df: pd.DataFrame, spec: TableSpec, now: pd.Timestamp, known_items: pd.Index | None,
+    cleaning: CleaningRules | None = CleaningRules(),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     check_columns(df, spec)
     out = df.copy()
@@ -110,13 +113,19 @@ def _validate_table(
         rows.flag(out[col] > now, f"{col} in the future (after {now.isoformat()})")
     if known_items is not None:
         rows.flag(~out["item_id"].isin(known_items), "unknown item_id (not in the items table)")
+    if spec is EVENTS and cleaning is not None:
+        ok = rows.ok
+        bots = bot_reasons(out[ok], cleaning)
+        rows.flag(ok & out["user_id"].isin(bots.index), out["user_id"].map(bots))
     # Duplicates: events are duplicates when every contract column matches; catalog rows when
     # the id repeats (the first one wins, later ones are quarantined for a human to look at).
-    dup_cols = list(spec.required) if spec is EVENTS else list(spec.keys)
-    dup = pd.Series(False, index=out.index)
-    ok_idx = rows.ok[rows.ok].index
-    dup.loc[ok_idx] = out.loc[ok_idx].duplicated(subset=dup_cols, keep="first")
-    rows.flag(dup, "duplicate of an earlier row")
+    # Catalog duplicates are always rejected: two prices for one item cannot both be true.
+    if spec is not EVENTS or cleaning is None or cleaning.drop_duplicates:
+        dup_cols = list(spec.required) if spec is EVENTS else list(spec.keys)
+        dup = pd.Series(False, index=out.index)
+        ok_idx = rows.ok[rows.ok].index
+        dup.loc[ok_idx] = out.loc[ok_idx].duplicated(subset=dup_cols, keep="first")
+        rows.flag(dup, "duplicate of an earlier row")
 
     bad = rows.reason.notna()
     quarantine = pd.DataFrame(
@@ -136,16 +145,18 @@ def validate(
     items: pd.DataFrame,
     users: pd.DataFrame,
     now: pd.Timestamp | None = None,
+    cleaning: CleaningRules | None = CleaningRules(),
 ) -> ValidationReport:
     """Validate the three tables against the contract; see the module docstring for the rules.
 
-    ``now`` defaults to the wall clock; timestamps after it are quarantined.
+    ``now`` defaults to the wall clock; timestamps after it are quarantined. ``cleaning=None``
+    keeps bots and duplicate events (everything else is still enforced).
     """
     now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
     now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
     clean_items, q_items = _validate_table(items, ITEMS, now, None)
     clean_users, q_users = _validate_table(users, USERS, now, None)
-    clean_events, q_events = _validate_table(events, EVENTS, now, pd.Index(clean_items["item_id"]))
+    clean_events, q_events = _validate_table(events, EVENTS, now, pd.Index(clean_items["item_id"]), cleaning)
     clean_events = clean_events.sort_values("timestamp", kind="stable").reset_index(drop=True)
     quarantine = pd.concat([q_events, q_items, q_users], ignore_index=True)
     counts: dict[str, dict[str, int]] = {}
@@ -157,4 +168,4 @@ def validate(
 
 def _reason_kind(reason: str) -> str:
     """Group reasons that carry a value ("unknown event_type 'x' ...") under one count key."""
-    return reason.split(" '")[0].split(" (")[0].split(":")[0]
+    return reason.split(" '")[0].split(" (")[0].split(":")[0]  # "bot: 812 events ..." → "bot"

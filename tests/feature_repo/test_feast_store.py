@@ -22,7 +22,6 @@ from feature_repo.data.validation import validate
 from feature_repo.store import FEATURE_TABLES, apply, materialize, open_store
 from feature_repo.workspace import Workspace
 
-NOW = pd.Timestamp("2026-11-01", tz="UTC")
 FEAST = Path(sys.executable).parent / "feast"
 USER_FEATURES = ["user_activity_fv:n_view", "user_activity_fv:n_purchase",
                  "user_recent_fv:recent_items", "user_recent_fv:recent_event_types"]
@@ -31,8 +30,8 @@ USER_FEATURES = ["user_activity_fv:n_view", "user_activity_fv:n_purchase",
 @pytest.fixture(scope="module")
 def clean():
     shop = generate("tiny", seed=0)
-    report = validate(shop.events, shop.items, shop.users, now=NOW)
-    assert report.quarantine.empty
+    report = validate(shop.events, shop.items, shop.users, now=END_DATE)
+    assert report.counts["events"]["kept"] > 0.8 * len(shop.events)  # noise removed, shop kept
     return report.tables["events"], report.tables["items"]
 
 
