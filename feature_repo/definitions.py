@@ -12,9 +12,15 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float64, Int64, String
 
+from feature_repo.data.features import COUNT_COLUMNS, WINDOWS
+
 
 # Snapshots are daily; a year of TTL keeps a quiet customer's features instead of blanking them.
 FEATURE_TTL = timedelta(days=365)
+_SUFFIXES = ("", *(f"_{w}d" for w in WINDOWS))
+USER_COUNT_FEATURES = [f"{c}{s}" for c in COUNT_COLUMNS for s in _SUFFIXES]
+ITEM_COUNT_FEATURES = USER_COUNT_FEATURES
+ITEM_RATE_FEATURES = [f"conversion_rate{s}" for s in _SUFFIXES]
 
 
 def declarations(features_dir: Path) -> dict[str, object]:
@@ -30,15 +36,14 @@ def declarations(features_dir: Path) -> dict[str, object]:
     # A catalog item.
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
 
-    # How much and how well a user shops: drives ranking features and cold-start decisions.
+    # How much, how recently and how well a user shops: ranking features, churn signals.
     user_activity_fv = FeatureView(
         name="user_activity_fv", entities=[user], ttl=FEATURE_TTL, source=source("user_activity"),
-        schema=[Field(name="n_view", dtype=Int64), Field(name="n_click", dtype=Int64),
-                Field(name="n_add_to_cart", dtype=Int64), Field(name="n_purchase", dtype=Int64),
-                Field(name="conversion_rate", dtype=Float64),
-                Field(name="avg_purchase_price", dtype=Float64),
-                Field(name="max_purchase_price", dtype=Float64),
-                Field(name="favourite_category", dtype=String)],
+        schema=[*(Field(name=c, dtype=Int64) for c in USER_COUNT_FEATURES),
+                Field(name="conversion_rate", dtype=Float64), Field(name="conversion_rate_30d", dtype=Float64),
+                Field(name="avg_purchase_price", dtype=Float64), Field(name="max_purchase_price", dtype=Float64),
+                Field(name="last_visit_epoch", dtype=Float64), Field(name="last_purchase_epoch", dtype=Float64),
+                Field(name="favourite_categories", dtype=Array(String))],
     )
     # Real-time path: the server pushes a user's updated recent sequence after each event.
     user_recent_push = PushSource(name="user_recent_push", batch_source=source("user_recent"))
@@ -53,8 +58,9 @@ def declarations(features_dir: Path) -> dict[str, object]:
         name="item_stats_fv", entities=[item], ttl=FEATURE_TTL, source=source("item_stats"),
         schema=[Field(name="category", dtype=String), Field(name="brand", dtype=String),
                 Field(name="price", dtype=Float64), Field(name="price_bucket", dtype=Int64),
-                Field(name="n_view", dtype=Int64), Field(name="n_purchase", dtype=Int64),
-                Field(name="conversion_rate", dtype=Float64)],
+                Field(name="created_epoch", dtype=Float64), Field(name="attributes", dtype=Array(String)),
+                *(Field(name=c, dtype=Int64) for c in ITEM_COUNT_FEATURES),
+                *(Field(name=c, dtype=Float64) for c in ITEM_RATE_FEATURES)],
     )
     # What the retrieval model reads for a user (one online read per request).
     retrieval_user_v1 = FeatureService(name="retrieval_user_v1", features=[user_recent_fv])

@@ -139,8 +139,15 @@ def test_user_recent_run_spanning_midnight_keeps_the_earlier_days_snapshot():
 def test_user_activity_cumulative_counts_per_day():
     act = user_activity(_events(), _items())
     u1 = act[act["user_id"] == "u1"].set_index("event_timestamp")
-    assert list(u1.index) == [D2, D3, D5]
+    # D4 is no active day: it is when day 2's events leave the 1-day window.
+    assert list(u1.index) == [D2, D3, D4, D5]
     cols = ["n_view", "n_click", "n_add_to_cart", "n_purchase"]
+    assert u1.loc[D3, "n_view_1d"] == 1 and u1.loc[D4, "n_view_1d"] == 0 and u1.loc[D4, "n_view"] == 4
+    assert u1.loc[D5, ["n_view_1d", "n_view_7d", "n_view_30d"]].tolist() == [1, 5, 5]
+    assert u1.loc[D4, "n_purchase_7d"] == 1 and u1.loc[D4, "conversion_rate_30d"] == pytest.approx(1 / 4)
+    assert u1.loc[D2, "last_purchase_epoch"] != u1.loc[D2, "last_purchase_epoch"]  # NaN: no purchase yet
+    assert u1.loc[D3, "last_purchase_epoch"] == pd.Timestamp("2026-03-02 09:02", tz="UTC").timestamp()
+    assert u1.loc[D5, "last_visit_epoch"] == pd.Timestamp("2026-03-04 12:00", tz="UTC").timestamp()
     assert u1.loc[D2, cols].tolist() == [3, 1, 0, 0]
     assert u1.loc[D3, cols].tolist() == [4, 1, 1, 1]
     assert u1.loc[D5, cols].tolist() == [5, 1, 1, 1]
@@ -149,7 +156,8 @@ def test_user_activity_cumulative_counts_per_day():
     assert u1.loc[D5, "max_purchase_price"] == pytest.approx(30.0)
     assert u1.loc[D3, "conversion_rate"] == pytest.approx(1 / 4)
     # favourite category: shoes (A, A, B, A) until day 2 ends; then shoes 5 vs books 3
-    assert u1.loc[D2, "favourite_category"] == "shoes"
+    assert u1.loc[D2, "favourite_categories"] == ["shoes"]
+    assert u1.loc[D3, "favourite_categories"] == ["shoes", "books"]
     u2 = _snapshot(act, "u2", D3)
     assert [u2[c] for c in cols] == [2, 0, 0, 0]
     for c in cols:
@@ -191,9 +199,12 @@ def test_item_stats_has_a_zero_row_at_creation():
     assert row["category"] == "books" and row["brand"] == "b3" and row["price"] == 40.0
     assert row["price_bucket"] == price_bucket(np.array([40.0]))[0] == 2
     a = st[st["item_id"] == "A"].set_index("event_timestamp")
-    assert list(a.index) == [pd.Timestamp("2026-01-01", tz="UTC"), D2, D3]
-    assert a["n_view"].tolist() == [0, 2, 3]  # u1 twice on day 1, u2 on day 2
-    assert a["n_click"].tolist() == [0, 1, 1]
+    # creation, two active days, and D4 when day 2 leaves the 1-day window (data ends at D5)
+    assert list(a.index) == [pd.Timestamp("2026-01-01", tz="UTC"), D2, D3, D4]
+    assert a["n_view"].tolist() == [0, 2, 3, 3]  # u1 twice on day 1, u2 on day 2
+    assert a["n_view_1d"].tolist() == [0, 2, 1, 0]
+    assert a["n_click"].tolist() == [0, 1, 1, 1]
+    assert a["attributes"].iloc[0] == [] and a["created_epoch"].iloc[0] == pd.Timestamp("2026-01-01", tz="UTC").timestamp()
     c = latest(st, "item_id").set_index("item_id").loc["C"]
     assert (c["n_view"], c["n_purchase"], c["conversion_rate"]) == (1, 1, 1.0)
 
