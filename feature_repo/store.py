@@ -6,6 +6,7 @@ and online store.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -84,19 +85,41 @@ def apply(store, ws: Workspace) -> list[str]:
     return sorted(objects)
 
 
-def materialize(store, ws: Workspace, end: datetime | None = None) -> None:
-    """Incremental: each view continues from where the last run ended; rerunning is a no-op.
+def _fingerprint(ws: Workspace, online_store: dict[str, Any]) -> dict[str, Any]:
+    tables = {}
+    for name in FEATURE_TABLES:
+        stat = ws.require(ws.features_dir / f"{name}.parquet", "features").stat()
+        tables[name] = [stat.st_size, stat.st_mtime_ns]
+    return {"online_store": online_store, "tables": tables}
 
-    The first run covers the feature tables from their earliest row: Feast's own first
-    incremental window starts at now - TTL, which would miss data older than the TTL.
+
+def materialize(store, ws: Workspace, end: datetime | None = None) -> str:
+    """Bring the online store up to date; returns "full" or "incremental".
+
+    When the feature tables or the online store differ from the last successful run (a rebuilt
+    or re-imported history, a new store), every view is materialized over the tables' whole
+    time range: Feast keeps the latest row per entity, so that is the consistent state, and
+    Feast's own incremental window (from the last end, or now - TTL) would miss older data.
+    Otherwise only the time since the last run is materialized, which is a no-op when nothing
+    new arrived. The state is recorded after success only, so an interrupted run is simply
+    redone in full by the next one.
     """
     end = end or datetime.now(timezone.utc)
-    if any(not fv.materialization_intervals for fv in store.list_feature_views()):
+    state_file = ws.feast_dir / "materialized.json"
+    current = _fingerprint(ws, store.config.online_store.model_dump(mode="json"))
+    previous = json.loads(state_file.read_text()) if state_file.exists() else None
+    if previous != current:
         start = min(pd.read_parquet(ws.features_dir / f"{name}.parquet", columns=["event_timestamp"])
                     ["event_timestamp"].min() for name in FEATURE_TABLES)
         store.materialize(start_date=start.to_pydatetime(), end_date=end)
+        mode = "full"
     else:
         store.materialize_incremental(end_date=end)
+        mode = "incremental"
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, indent=2))
+    tmp.replace(state_file)
+    return mode
 
 
 def feature_summary(ws: Workspace) -> pd.DataFrame:

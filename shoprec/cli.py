@@ -31,6 +31,26 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(render([{"table": k, "rows": v} for k, v in counts.items()]))
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    from feature_repo.data import importers
+
+    path = Path(args.path)
+    if args.format == "amazon":
+        ds = importers.import_amazon(path, name=args.name)
+    elif args.format == "movielens":
+        ds = importers.import_movielens(path)
+    else:
+        mapping = dict(pair.split("=", 1) for pair in args.map)
+        types = dict(pair.split("=", 1) for pair in args.event_type)
+        ds = importers.import_events_file(path, mapping, types or None)
+    counts = importers.write(ds, _ws(args))
+    print(render([{"table": k, "rows": v} for k, v in counts.items()]))
+    if ds.source.get("disagreements"):
+        print("disagreements between source files: " + json.dumps(ds.source["disagreements"]))
+    print("next: shoprec validate && shoprec features && shoprec materialize && shoprec train "
+          "(clean tables, features and models still describe the previous data until then)")
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     from shoprec import pipeline
 
@@ -149,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat, HNSW32, IVF64,Flat, ...")
 
     data_args(add("generate", cmd_generate, "generate the synthetic shop into the workspace"))
+    sp = add("import", cmd_import, "import real data into the workspace's raw tables (replaces them)")
+    sp.add_argument("format", choices=["amazon", "movielens", "events"],
+                    help="amazon: S3-Rec sequence + item2attributes (+ interactions CSV); movielens: "
+                         "user item rating timestamp; events: any CSV/parquet events file with --map")
+    sp.add_argument("path", help="dataset directory (amazon) or file")
+    sp.add_argument("--name", default=None, help="amazon: dataset name, e.g. Beauty (default: detected)")
+    sp.add_argument("--map", action="append", default=[], metavar="CONTRACT=SOURCE",
+                    help="events: column mapping, e.g. --map user_id=visitorid --map timestamp=ts (repeatable)")
+    sp.add_argument("--event-type", action="append", default=[], metavar="SOURCE=CONTRACT",
+                    help="events: event value mapping, e.g. --event-type transaction=purchase (repeatable)")
     sp = add("validate", cmd_validate, "validate raw tables; write clean tables and the quarantine")
     sp.add_argument("--no-cleaning", action="store_true",
                     help="keep bots and duplicate events (to measure what cleaning is worth)")

@@ -78,5 +78,6 @@ def materialize(ws: Workspace, online_store: str | dict[str, Any] | None = None)
 
     store = feast_store.open_store(ws, online_store)
     objects = feast_store.apply(store, ws)
-    feast_store.materialize(store, ws)
-    return {"registered": objects, "online_store": feast_store.online_store_config(ws, online_store)["type"]}
+    mode = feast_store.materialize(store, ws)
+    return {"registered": objects, "online_store": feast_store.online_store_config(ws, online_store)["type"],
+            "mode": mode}
