@@ -11,6 +11,7 @@ import logging
 import os
 import warnings
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,6 +32,8 @@ def _quiet_feast() -> None:
 
 
 ONLINE_STORE_ENV = "SHOPREC_ONLINE_STORE"
+REDIS_TIMEOUTS = ",retry=null,socket_connect_timeout=0.2,socket_timeout=2"
+MARKER_KEY = "shoprec:materialized"  # written into Redis after a successful materialization
 
 
 def online_store_config(ws: Workspace, online_store: str | dict[str, Any] | None = None) -> dict[str, Any]:
@@ -49,7 +52,9 @@ def online_store_config(ws: Workspace, online_store: str | dict[str, Any] | None
         host, _, port = hostport.partition(":")
         if not host or not port.isdigit() or (db and not db.isdigit()):
             raise ConfigError(f"online store {url!r}: expected redis://HOST:PORT[/DB], e.g. redis://127.0.0.1:6379/0")
-        conn = f"{host}:{port}" + (f",db={db}" if db else "")
+        # Fail fast instead of redis-py's default retries with backoff and no socket timeouts:
+        # an unreachable store must cost a request milliseconds, not seconds (serving degrades).
+        conn = f"{host}:{port}" + (f",db={db}" if db else "") + REDIS_TIMEOUTS
         return {"type": "redis", "connection_string": conn}
     raise ConfigError(f"online store {url!r} (from --online-store or ${ONLINE_STORE_ENV}) is not supported; "
                       f"use 'sqlite' or 'redis://HOST:PORT[/DB]'.")
@@ -108,7 +113,7 @@ def materialize(store, ws: Workspace, end: datetime | None = None) -> str:
     state_file = ws.feast_dir / "materialized.json"
     current = _fingerprint(ws, store.config.online_store.model_dump(mode="json"))
     previous = json.loads(state_file.read_text()) if state_file.exists() else None
-    if previous != current:
+    if previous != current or not _store_holds_data(store):
         start = min(pd.read_parquet(ws.features_dir / f"{name}.parquet", columns=["event_timestamp"])
                     ["event_timestamp"].min() for name in FEATURE_TABLES)
         store.materialize(start_date=start.to_pydatetime(), end_date=end)
@@ -116,10 +121,36 @@ def materialize(store, ws: Workspace, end: datetime | None = None) -> str:
     else:
         store.materialize_incremental(end_date=end)
         mode = "incremental"
+    _mark_store(store)
     tmp = state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(current, indent=2))
     tmp.replace(state_file)
     return mode
+
+
+def _redis_client(store):
+    import redis
+
+    host_port, *options = store.config.online_store.connection_string.split(",")
+    host, _, port = host_port.partition(":")
+    db = next((int(o.split("=", 1)[1]) for o in options if o.startswith("db=")), 0)
+    return redis.Redis(host=host, port=int(port), db=db, socket_connect_timeout=2, socket_timeout=5)
+
+
+def _store_holds_data(store) -> bool:
+    """False when the online store lost what we wrote (a flushed or restarted Redis, a deleted
+    sqlite file): the workspace state alone would then make the run a silent no-op."""
+    cfg = store.config.online_store
+    if cfg.type == "redis":
+        return bool(_redis_client(store).exists(MARKER_KEY))
+    if cfg.type == "sqlite":
+        return Path(cfg.path).exists()
+    return True
+
+
+def _mark_store(store) -> None:
+    if store.config.online_store.type == "redis":
+        _redis_client(store).set(MARKER_KEY, datetime.now(timezone.utc).isoformat())
 
 
 def feature_summary(ws: Workspace) -> pd.DataFrame:

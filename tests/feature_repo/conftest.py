@@ -1,0 +1,108 @@
+"""A real redis-server for the feature-store tests: started once per session on a free loopback port.
+
+No system service is used or needed: the fixture runs its own server (no persistence, a temp
+dir) and stops it at the end. Without the `redis-server` binary the Redis tests are skipped
+with a reason that says how to install it; under CI (CI=true, where .ci/run installs it) they
+fail instead, so that a missing install step cannot pass as a green run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+INSTALL_HINT = ("install it with `sudo apt-get install redis-server` (Debian/Ubuntu; no service needed, "
+                "the tests start their own) or `brew install redis` (macOS); .ci/run installs it in CI")
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_ping(proc: subprocess.Popen, port: int, log: Path, timeout: float = 15.0) -> bool:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:  # exited: e.g. the port was taken between probe and bind
+                return False
+            try:
+                if client.ping():
+                    return True
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server on 127.0.0.1:{port} did not answer PING within {timeout:.0f}s; "
+                           f"log:\n{log.read_text() if log.exists() else '(none)'}")
+    finally:
+        client.close()
+
+
+def start_redis(workdir: Path, binary: str = "redis-server", attempts: int = 3) -> tuple[subprocess.Popen, int]:
+    """Start redis-server on 127.0.0.1:<free port>, without persistence; return (process, port)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "redis.log"
+    for _ in range(attempts):
+        port = free_port()
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), "--logfile", str(log), "--daemonize", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        try:
+            if _wait_for_ping(proc, port, log):
+                return proc, port
+        except BaseException:
+            stop_redis(proc)
+            raise
+        stop_redis(proc)
+    raise RuntimeError(f"redis-server failed to start {attempts} times; log:\n"
+                       f"{log.read_text() if log.exists() else '(none)'}")
+
+
+def stop_redis(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def redis_binary() -> str:
+    """The redis-server path, or skip (fail under CI) with how to install it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = f"redis-server is not on PATH: {INSTALL_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture()
+def free_tcp_port() -> int:
+    """A loopback port where nothing listens: a Redis that is down."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis://127.0.0.1:<port>/0`` of a redis-server that lives for the test session."""
+    binary = redis_binary()
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"), binary)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_redis(proc)
