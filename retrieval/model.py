@@ -1,81 +1,212 @@
-"""The two-tower retrieval model (TensorFlow Recommenders).
+"""The two-tower retrieval model (TensorFlow Recommenders) with a sequential user tower.
 
-The idea: a user and an item are each embedded into the same space so that the inner product
-ranks items for the user; training pushes a user's next interacted item above the other items
-of the batch (in-batch softmax). The user tower sees the user id (unknown ids fall into an
-out-of-vocabulary slot) and the mean of the embeddings of their recent items, which it shares
-with the item tower, so a user with history but no trained id still gets a meaningful vector.
-The item tower sees the item id and its category. Both outputs are L2-normalised, so the FAISS
-inner-product index ranks exactly as training scores.
+The idea: embed a user's recent behaviour and every item into one space so that the inner
+product ranks the next item. The item tower sums embeddings of the item id and of its content
+(category, brand, price bucket, attribute ids), so an item the model never saw (out-of-vocabulary
+id) still gets a useful vector from its content. The user tower reads the user's last items
+through the same item tower, adds positions and runs causal self-attention (SASRec-style);
+the output at the last position, plus a projection of the mean of all items so far (long-term
+taste), is the user's embedding. Training takes either whole sequences (every position predicts
+the next item: efficient for data where each step is a separate visit, like reviews) or
+(history as of before the target's day, target) pairs from Feast's point-in-time joins (for
+session-structured shop data, where the next click is mostly the same session's context and
+the future purchases we care about depend on long-term taste). Either way the softmax runs over
+the batch's targets with logQ correction for popularity and accidental hits removed. Outputs are
+L2-normalised, so FAISS inner-product search ranks exactly as training scores.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-PAD = ""  # padding token of the history; also the mask value of the item lookup
+PAD = ""  # padding token of histories; also the mask token of the item lookup
+
+
+@dataclass
+class Catalog:
+    """Item ids and content, row-aligned; what the item tower knows about every known item."""
+
+    item_ids: list[str]
+    category: list[str]
+    brand: list[str]
+    price_bucket: list[int]
+    attributes: list[list[str]]
+
+    @classmethod
+    def from_items(cls, items, attributes) -> "Catalog":
+        """From a contract items table and its attribute lists (features.item_attributes)."""
+        from feature_repo.data.features import price_bucket
+
+        return cls(items["item_id"].astype(str).tolist(), items["category"].astype(str).tolist(),
+                   items["brand"].astype(str).tolist(), price_bucket(items["price"]).tolist(),
+                   [list(a) for a in attributes])
+
+
+def _padded(lists: list[list[str]], width: int) -> np.ndarray:
+    out = np.full((len(lists), width), PAD, dtype=object)
+    for i, values in enumerate(lists):
+        values = list(values)[:width]
+        out[i, : len(values)] = values
+    return out
 
 
 class ItemTower(tf.keras.Model):
-    """Item id + category → normalised embedding."""
+    """Item id (+OOV) and content → normalised embedding; content alone for unseen items.
 
-    def __init__(self, item_ids: list[str], categories: list[str], dim: int = 32):
+    Args:
+      catalog: the known items; their content is looked up by id inside the model.
+      dim: embedding size.
+      max_attributes: attribute ids kept per item.
+    """
+
+    def __init__(self, catalog: Catalog, dim: int = 64, max_attributes: int = 8):
         super().__init__()
-        self.item_lookup = tf.keras.layers.StringLookup(vocabulary=item_ids, mask_token=PAD)
-        self.item_embedding = tf.keras.layers.Embedding(len(item_ids) + 2, dim, mask_zero=True)
-        self.category_lookup = tf.keras.layers.StringLookup(vocabulary=categories)
-        self.category_embedding = tf.keras.layers.Embedding(len(categories) + 1, dim)
-        self.project = tf.keras.layers.Dense(dim)
+        # Only as many attribute slots as the catalog uses: they are gathered at every position.
+        max_attributes = max(1, min(max_attributes, max((len(a) for a in catalog.attributes), default=1)))
+        self.max_attributes = max_attributes
+        self.item_lookup = tf.keras.layers.StringLookup(vocabulary=catalog.item_ids, mask_token=PAD)
+        self.category_lookup = tf.keras.layers.StringLookup(vocabulary=sorted(set(catalog.category)), mask_token=PAD)
+        self.brand_lookup = tf.keras.layers.StringLookup(vocabulary=sorted(set(catalog.brand)), mask_token=PAD)
+        attrs = sorted({a for row in catalog.attributes for a in row})
+        self.attribute_lookup = tf.keras.layers.StringLookup(vocabulary=attrs or ["none"], mask_token=PAD)
+        self.item_embedding = tf.keras.layers.Embedding(self.item_lookup.vocabulary_size(), dim)
+        self.category_embedding = tf.keras.layers.Embedding(self.category_lookup.vocabulary_size(), dim)
+        self.brand_embedding = tf.keras.layers.Embedding(self.brand_lookup.vocabulary_size(), dim)
+        self.price_embedding = tf.keras.layers.Embedding(8, dim)
+        self.attribute_embedding = tf.keras.layers.Embedding(self.attribute_lookup.vocabulary_size(), dim)
+        # Content of known items by lookup index (row 0: PAD, row 1: OOV → empty content).
+        n = len(catalog.item_ids)
+        self.content_category = tf.constant(np.r_[[PAD, PAD], catalog.category].astype(str))
+        self.content_brand = tf.constant(np.r_[[PAD, PAD], catalog.brand].astype(str))
+        self.content_price = tf.constant(np.r_[[0, 0], catalog.price_bucket].astype(np.int64))
+        self.content_attributes = tf.constant(
+            np.r_[np.full((2, max_attributes), PAD, dtype=object), _padded(catalog.attributes, max_attributes)].astype(str))
+        assert self.content_category.shape[0] == n + 2
 
-    def id_embedding(self, ids: tf.Tensor) -> tf.Tensor:
-        return self.item_embedding(self.item_lookup(ids))
+        # The same content as lookup indices, so training never touches strings (much faster).
+        self.index_category = self.category_lookup(self.content_category)
+        self.index_brand = self.brand_lookup(self.content_brand)
+        self.index_attributes = self.attribute_lookup(self.content_attributes)
+
+    def index(self, item_id: tf.Tensor) -> tf.Tensor:
+        """Lookup indices: 0 for PAD, 1 for unknown ids, known items from 2 in catalog order."""
+        return self.item_lookup(item_id)
+
+    def _sum(self, item_idx, category_idx, brand_idx, price_bucket, attribute_idx) -> tf.Tensor:
+        mask = tf.cast(tf.not_equal(attribute_idx, 0), tf.float32)[..., None]
+        attr = tf.reduce_sum(self.attribute_embedding(attribute_idx) * mask, axis=-2) / tf.maximum(
+            tf.reduce_sum(mask, -2), 1.0)
+        return (self.item_embedding(item_idx) + self.category_embedding(category_idx)
+                + self.brand_embedding(brand_idx) + self.price_embedding(tf.clip_by_value(price_bucket, 0, 7)) + attr)
+
+    def raw_by_index(self, idx: tf.Tensor) -> tf.Tensor:
+        """Unnormalised embeddings of items by lookup index (any leading shape)."""
+        return self._sum(idx, tf.gather(self.index_category, idx), tf.gather(self.index_brand, idx),
+                         tf.gather(self.content_price, idx), tf.gather(self.index_attributes, idx))
+
+    def raw(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Unnormalised embedding from explicit content (for items the catalog does not know)."""
+        return self._sum(self.item_lookup(inputs["item_id"]), self.category_lookup(inputs["category"]),
+                         self.brand_lookup(inputs["brand"]), inputs["price_bucket"],
+                         self.attribute_lookup(inputs["attributes"]))
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        x = tf.concat([self.id_embedding(inputs["item_id"]),
-                       self.category_embedding(self.category_lookup(inputs["category"]))], axis=-1)
-        return tf.math.l2_normalize(self.project(x), axis=-1)
+        return tf.math.l2_normalize(self.raw(inputs), axis=-1)
+
+    def by_index(self, idx: tf.Tensor) -> tf.Tensor:
+        return tf.math.l2_normalize(self.raw_by_index(idx), axis=-1)
+
+    def by_id(self, item_id: tf.Tensor) -> tf.Tensor:
+        """Normalised embeddings of known items by id (content looked up in the catalog)."""
+        return self.by_index(self.index(item_id))
 
 
 class UserTower(tf.keras.Model):
-    """User id + mean of recent item embeddings (shared with the item tower) → normalised embedding."""
+    """Recent items (right-aligned, PAD-padded) → causal self-attention → normalised embedding.
 
-    def __init__(self, user_ids: list[str], items: ItemTower, dim: int = 32):
+    Args:
+      items: the shared item tower (history items are embedded by it).
+      max_len: positions of history read (older items are dropped).
+      blocks / heads / dropout: transformer size; two small blocks suit CPU training.
+    """
+
+    def __init__(self, items: ItemTower, max_len: int = 50, dim: int = 64, blocks: int = 2, heads: int = 2,
+                 dropout: float = 0.2):
         super().__init__()
-        self.items = items
-        self.user_lookup = tf.keras.layers.StringLookup(vocabulary=user_ids)
-        self.user_embedding = tf.keras.layers.Embedding(len(user_ids) + 1, dim)
-        self.hidden = tf.keras.layers.Dense(2 * dim, activation="relu")
-        self.project = tf.keras.layers.Dense(dim)
+        self.items, self.max_len = items, max_len
+        self.positions = tf.keras.layers.Embedding(max_len, dim)
+        self.input_dropout = tf.keras.layers.Dropout(dropout)
+        self.attention = [tf.keras.layers.MultiHeadAttention(heads, dim // heads, dropout=dropout) for _ in range(blocks)]
+        self.norm1 = [tf.keras.layers.LayerNormalization() for _ in range(blocks)]
+        self.norm2 = [tf.keras.layers.LayerNormalization() for _ in range(blocks)]
+        self.ffn = [tf.keras.Sequential([tf.keras.layers.Dense(dim, activation="relu"), tf.keras.layers.Dropout(dropout),
+                                         tf.keras.layers.Dense(dim)]) for _ in range(blocks)]
+        self.final_norm = tf.keras.layers.LayerNormalization()
+        # Long-term taste: the (causal) mean of all items so far, next to attention's recency.
+        self.pooled = tf.keras.layers.Dense(dim)
 
-    def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        history = inputs["history"]  # [batch, L] strings, PAD-padded
-        mask = tf.cast(tf.not_equal(history, PAD), tf.float32)[..., None]
-        hist = tf.reduce_sum(self.items.id_embedding(history) * mask, axis=1)
-        hist = hist / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
-        x = tf.concat([self.user_embedding(self.user_lookup(inputs["user_id"])), hist], axis=-1)
-        return tf.math.l2_normalize(self.project(self.hidden(x)), axis=-1)
+    def sequence(self, history: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Normalised outputs at every position [batch, max_len, dim]; position t sees items ≤ t.
+
+        ``history``: item lookup indices (int, 0 = PAD), right-aligned; any width.
+        """
+        history = history[:, -self.max_len:]
+        missing = self.max_len - tf.shape(history)[1]
+        history = tf.pad(history, [[0, 0], [missing, 0]])
+        valid = tf.not_equal(history, 0)
+        items = self.items.raw_by_index(history)
+        weight = tf.cast(valid, tf.float32)[..., None]
+        mean_so_far = tf.cumsum(items * weight, axis=1) / tf.maximum(tf.cumsum(weight, axis=1), 1.0)
+        x = items + self.positions(tf.range(self.max_len))[None]
+        x = self.input_dropout(x, training=training) * weight
+        causal = tf.linalg.band_part(tf.ones((self.max_len, self.max_len), tf.bool), -1, 0)
+        mask = tf.logical_and(causal[None], valid[:, None, :])  # attend to earlier, real items only
+        for attn, n1, n2, ffn in zip(self.attention, self.norm1, self.norm2, self.ffn):
+            h = n1(x)
+            x = x + attn(h, h, attention_mask=mask, training=training)
+            x = x + ffn(n2(x), training=training)
+        return tf.math.l2_normalize(self.final_norm(x) + self.pooled(mean_so_far), axis=-1)
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """``history``: item ids (strings, PAD-padded) or lookup indices (ints)."""
+        history = inputs["history"]
+        if history.dtype == tf.string:
+            history = self.items.index(history)
+        return self.sequence(history, training=training)[:, -1]
 
 
 class TwoTower(tfrs.Model):
-    """Trains both towers with an in-batch softmax over L2-normalised embeddings.
+    """Next-item training of both towers with a large in-batch softmax.
 
     Args:
-      user_ids / item_ids / categories: vocabularies (anything else maps to an OOV slot).
-      dim: embedding size (32 is plenty for a few thousand items).
-      temperature: divides the logits; small values sharpen the softmax over cosine scores.
+      catalog: known items and their content.
+      dim / max_len / blocks / heads / dropout: tower sizes.
+      temperature: divides the cosine logits (small → sharper softmax).
     """
 
-    def __init__(self, user_ids: list[str], item_ids: list[str], categories: list[str],
-                 dim: int = 32, temperature: float = 0.1):
+    def __init__(self, catalog: Catalog, dim: int = 64, max_len: int = 50, blocks: int = 2, heads: int = 2,
+                 dropout: float = 0.2, temperature: float = 0.05):
         super().__init__()
-        self.item_tower = ItemTower(item_ids, categories, dim)
-        self.user_tower = UserTower(user_ids, self.item_tower, dim)
-        self.task = tfrs.tasks.Retrieval(temperature=temperature)
+        self.item_tower = ItemTower(catalog, dim)
+        self.user_tower = UserTower(self.item_tower, max_len, dim, blocks, heads, dropout)
+        self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        users = self.user_tower({"user_id": features["user_id"], "history": features["history"]})
-        items = self.item_tower({"item_id": features["item_id"], "category": features["category"]})
-        # logQ correction: in-batch negatives are drawn in proportion to popularity, so without it
-        # the softmax learns to push popular items down.
-        return self.task(users, items, candidate_sampling_probability=features.get("item_probability"),
-                         compute_metrics=not training)
+        # All ids arrive as lookup indices (ItemTower.index), 0 = PAD.
+        if "history" in features:  # (history as of before the target, target item) pairs
+            queries = self.user_tower(features, training=training)
+            return self.task(queries, self.item_tower.by_index(features["item_id"]), candidate_ids=features["item_id"],
+                             candidate_sampling_probability=features["item_probability"], compute_metrics=False)
+        # inputs/targets: [batch, max_len], targets[t] is the item after inputs[..t].
+        outputs = self.user_tower.sequence(features["inputs"], training=training)
+        valid = tf.not_equal(features["targets"], 0)
+        queries = tf.boolean_mask(outputs, valid)
+        targets = tf.boolean_mask(features["targets"], valid)
+        candidates = self.item_tower.by_index(targets)
+        # logQ correction: other positions' targets are negatives drawn by popularity.
+        return self.task(queries, candidates, candidate_ids=targets,
+                         candidate_sampling_probability=tf.boolean_mask(features["target_probability"], valid),
+                         compute_metrics=False)

@@ -78,7 +78,7 @@ class Models:
                                      f"than this server computes; retrain it with `shoprec train`.")
             user_tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
             scorer = tf.saved_model.load(str(ranking_dir / "scorer"))
-            item_embeddings = np.load(retrieval_dir / "item_embeddings.npy")
+            item_embeddings = np.load(index_store.current() / "item_embeddings.npy")  # aligned with the index
         except ModelNotLoaded:
             raise
         except Exception as e:  # any missing or broken artifact: say what to run

@@ -96,9 +96,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> None:
-    from shoprec import training
+    from shoprec.index_job import IndexSettings, rebuild
 
-    version, manifest = training.build_index(_ws(args), _training_config(args))
+    version, manifest = rebuild(_ws(args), IndexSettings(args.factory, args.min_recall, args.keep, args.seed))
     print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2))
 
 
@@ -135,6 +135,29 @@ def cmd_query(args: argparse.Namespace) -> None:
             print_recommendations(client.recommend(user, args.k, exclude=args.exclude, category=args.category))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from shoprec.evaluation import evaluate_dataset, render_report, write_json
+
+    extra = {}
+    models = set(args.models.split(","))
+    if "two_tower" in models:
+        from retrieval.train import TrainSettings
+        from shoprec.evaluate_models import TwoTowerRecommender, load_items
+
+        settings = TrainSettings(epochs=args.epochs, seed=args.seed)
+        extra["two_tower"] = TwoTowerRecommender(load_items(Path(args.dataset)), settings, factory=args.factory,
+                                                 seed=args.seed)
+    results = evaluate_dataset(Path(args.dataset), args.target, extra)
+    for name in [m for m in ("popularity", "cooccurrence") if m not in models]:
+        results["models"].pop(name, None)
+    if "two_tower" in extra:
+        results["two_tower_training"] = {k: v for k, v in extra["two_tower"].facts.items()}
+    print(render_report(results, published=True))
+    out = Path(args.out) if args.out else _ws(args).root / "evaluation" / f"{Path(args.dataset).name}-{args.target}.json"
+    write_json(results, out)
+    print(f"every metric: {out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from shoprec.demo import run_demo
 
@@ -164,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     def train_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--holdout-days", type=int, default=14,
                         help="last N days held out to report quality (0: train on everything)")
-        sp.add_argument("--retrieval-epochs", type=int, default=5, help="two-tower epochs (default 5)")
+        sp.add_argument("--retrieval-epochs", type=int, default=10,
+                        help="two-tower epochs at most (default 10; early stopping on validation ends sooner)")
         sp.add_argument("--ranking-epochs", type=int, default=5, help="ranker epochs (default 5)")
         sp.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat, HNSW32, IVF64,Flat, ...")
 
@@ -188,9 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", nargs="?", default="all", choices=["all", "retrieval", "ranking"])
     sp.add_argument("--seed", type=int, default=0)
     train_args(sp)
-    sp = add("index", cmd_index, "build the FAISS index from the live retrieval model and publish it")
+    sp = add("index", cmd_index, "rebuild the FAISS index: embed the current catalog with the live item tower, "
+                                 "verify, publish atomically, prune old versions")
+    sp.add_argument("action", nargs="?", default="rebuild", choices=["rebuild"])
+    sp.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat, HNSW32, IVF256,Flat, ...")
+    sp.add_argument("--min-recall", type=float, default=0.9, help="reject the index below this recall@100 vs exact")
+    sp.add_argument("--keep", type=int, default=5, help="index versions kept (the live one always is)")
     sp.add_argument("--seed", type=int, default=0)
-    train_args(sp)
     sp = add("serve", cmd_serve, "serve the live artifacts over gRPC in the foreground")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=50051)
@@ -203,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--category", default="", help="only this category")
     sp.add_argument("--info", action="store_true", help="print the live versions first")
     sp.add_argument("--timeout", type=float, default=5.0, help="deadline per call in seconds")
+    sp = add("evaluate", cmd_evaluate, "offline evaluation by the leave-one-out protocol (full ranking)")
+    sp.add_argument("--dataset", required=True,
+                    help="an Amazon S3-Rec directory (e.g. ../shared/data/amazon_beauty), a workspace, or an events file")
+    sp.add_argument("--target", default="test", choices=["test", "valid"],
+                    help="tune on valid, report test (the protocol)")
+    sp.add_argument("--models", default="popularity,cooccurrence,two_tower",
+                    help="comma-separated: popularity, cooccurrence, two_tower")
+    sp.add_argument("--epochs", type=int, default=30, help="two-tower epochs at most (early stopping)")
+    sp.add_argument("--factory", default="Flat", help="FAISS index the two-tower retrieves through")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default=None, help="JSON with every metric (default: <workspace>/evaluation/...)")
     sp = add("demo", cmd_demo, "the whole pipeline on the synthetic shop, then real gRPC queries")
     data_args(sp)
     train_args(sp)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from feature_repo.data.contract import EVENT_TYPES
 
-RECENT_N = 20
+RECENT_N = 50  # as many positions as the user tower reads
 WINDOWS = (1, 7, 30)  # days of the windowed counts
 COUNT_COLUMNS = [f"n_{t}" for t in EVENT_TYPES]
 PRICE_BUCKETS = np.array([10.0, 25.0, 50.0, 100.0, 250.0])  # bucket i: price < edge i

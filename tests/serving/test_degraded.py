@@ -19,7 +19,7 @@ def test_online_store_down_degrades(trained_workspace):
     from serving.recommender import Recommender
 
     # A real Feast redis online store pointed at a port where no Redis listens.
-    store = open_store(trained_workspace, {"type": "redis", "connection_string": f"127.0.0.1:{_closed_port()}"})
+    store = open_store(trained_workspace, f"redis://127.0.0.1:{_closed_port()}")
     rec = Recommender(trained_workspace, feature_store=store)
     for _ in range(3):  # after the first failure the store is skipped: later calls are fast
         result = rec.recommend("u000001", 5)

@@ -1,0 +1,105 @@
+"""`shoprec index rebuild`: embed the current catalog with the live item tower, verify, go live.
+
+New items (ids the model never saw) are embedded from their content through the item tower's
+``embed_content`` signature, so they become retrievable as soon as they are in the catalog and
+the index is rebuilt. The new index is built and verified (item count, dimension against the
+user tower, ANN recall against exact search) before anything is written; it is written to a new
+version directory and published by an atomic pointer switch, so a crash or a failed verification
+never changes the live version. Old versions beyond the retention are pruned.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from feature_repo.errors import ArtifactError
+from feature_repo.workspace import Workspace
+
+
+class IndexVerificationFailed(ArtifactError):
+    """A rebuilt index failed a check; the live version was left as it was."""
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Args:
+      factory: FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16, ...).
+      min_recall: lowest acceptable recall@100 of the index against exact search.
+      keep: index versions kept on disk (the live one always is).
+    """
+
+    factory: str = "Flat"
+    min_recall: float = 0.9
+    keep: int = 5
+    seed: int = 0
+
+
+def embed_catalog(ws: Workspace, retrieval_dir) -> tuple[list[str], np.ndarray, int]:
+    """Embeddings of every current catalog item; returns ids, embeddings and how many were new."""
+    import tensorflow as tf
+
+    from feature_repo.data.features import item_attributes, price_bucket
+    from shoprec.pipeline import load_clean
+
+    items = load_clean(ws, "items")
+    known = set(json.loads((retrieval_dir / "item_ids.json").read_text()))
+    tower = tf.saved_model.load(str(retrieval_dir / "item_tower"))
+    is_new = ~items["item_id"].isin(known).to_numpy()
+    emb = np.zeros((len(items), 0), dtype=np.float32)
+    parts = []
+    if (~is_new).any():
+        old = items[~is_new]
+        parts.append((np.flatnonzero(~is_new), tower.embed(tf.constant(old["item_id"].astype(str).to_numpy())).numpy()))
+    if is_new.any():
+        new = items[is_new]
+        attrs = item_attributes(new).tolist()
+        width = max(1, max(len(a) for a in attrs))
+        padded = np.array([list(a) + [""] * (width - len(a)) for a in attrs], dtype=str)
+        parts.append((np.flatnonzero(is_new), tower.embed_content(
+            tf.constant(new["item_id"].astype(str).to_numpy()), tf.constant(new["category"].astype(str).to_numpy()),
+            tf.constant(new["brand"].astype(str).to_numpy()), tf.constant(price_bucket(new["price"]).astype(np.int64)),
+            tf.constant(padded)).numpy()))
+    emb = np.zeros((len(items), parts[0][1].shape[1]), dtype=np.float32)
+    for rows, values in parts:
+        emb[rows] = values
+    return items["item_id"].astype(str).tolist(), emb, int(is_new.sum())
+
+
+def _user_dim(retrieval_dir) -> int:
+    import tensorflow as tf
+
+    tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
+    return int(tower.embed(tf.constant(["probe"]), tf.constant([[""]])).shape[-1])
+
+
+def rebuild(ws: Workspace, settings: IndexSettings = IndexSettings()) -> tuple[str, dict[str, Any]]:
+    """Build, verify, publish and prune; raises IndexVerificationFailed with the live version untouched."""
+    from retrieval.index import build_and_probe
+    from shoprec.training import stores
+
+    s = stores(ws)
+    retrieval_version = s["retrieval"].current_version()
+    retrieval_dir = s["retrieval"].current()
+    ids, emb, new_items = embed_catalog(ws, retrieval_dir)
+    index, facts = build_and_probe(emb, ids, settings.factory, seed=settings.seed)
+    problems = []
+    if len(index) != len(ids):
+        problems.append(f"index holds {len(index)} items, the catalog {len(ids)}")
+    if index.dim != _user_dim(retrieval_dir):
+        problems.append(f"index dimension {index.dim} != user tower output {_user_dim(retrieval_dir)}")
+    if facts["recall_at_100_vs_exact"] < settings.min_recall:
+        problems.append(f"recall@100 vs exact {facts['recall_at_100_vs_exact']} < {settings.min_recall} "
+                        f"(use a larger HNSW M / efSearch or IVF nprobe, or --factory Flat)")
+    if not np.isfinite(emb).all():
+        problems.append("some item embeddings are not finite")
+    if problems:
+        raise IndexVerificationFailed("index rebuild rejected, live version unchanged: " + "; ".join(problems))
+    with s["index"].build(kind="index", retrieval_version=retrieval_version, new_items=new_items, **facts) as b:
+        index.save(b.path)
+        np.save(b.path / "item_embeddings.npy", emb)
+    s["index"].publish(b.version)
+    b.manifest["pruned"] = s["index"].prune(settings.keep)
+    return b.version, b.manifest

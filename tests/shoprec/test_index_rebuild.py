@@ -1,0 +1,78 @@
+"""`shoprec index rebuild`: new items become retrievable; a failed or crashed build never
+changes the live version."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_repo.artifacts import ArtifactStore
+from feature_repo.workspace import Workspace
+from retrieval.index import ItemIndex
+from shoprec.index_job import IndexSettings, IndexVerificationFailed, rebuild
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def ws(trained_workspace, tmp_path):
+    """A private copy: these tests change the live index version."""
+    shutil.copytree(trained_workspace.root, tmp_path / "ws")
+    return Workspace.at(tmp_path / "ws")
+
+
+def _index_store(ws):
+    return ArtifactStore(ws.models_dir / "index")
+
+
+def test_new_item_is_indexed_from_its_content(ws):
+    items = pd.read_parquet(ws.clean_dir / "items.parquet")
+    template = items.iloc[0]
+    new = template.copy()
+    new["item_id"] = "brand-new-item"
+    pd.concat([items, new.to_frame().T.astype(items.dtypes.to_dict())], ignore_index=True).to_parquet(
+        ws.clean_dir / "items.parquet", index=False)
+    before = _index_store(ws).current_version()
+    version, manifest = rebuild(ws, IndexSettings(keep=2))
+    assert version != before and _index_store(ws).current_version() == version
+    assert manifest["new_items"] == 1 and manifest["items"] == len(items) + 1
+    index = ItemIndex.load(_index_store(ws).current())
+    emb = np.load(_index_store(ws).current() / "item_embeddings.npy")
+    new_vec = emb[index.position["brand-new-item"]]
+    pos, _ = index.search(new_vec[None], 5)
+    assert index.item_ids[pos[0][0]] == "brand-new-item"  # it is retrievable
+    same = items["category"] == template["category"]
+    sims = emb[[index.position[i] for i in items["item_id"]]] @ new_vec
+    assert sims[same.to_numpy()].mean() > sims[~same.to_numpy()].mean()  # content places it well
+
+
+def test_failed_verification_keeps_the_live_version(ws):
+    store = _index_store(ws)
+    before, versions = store.current_version(), store.versions()
+    with pytest.raises(IndexVerificationFailed, match="live version unchanged"):
+        rebuild(ws, IndexSettings(min_recall=1.01))
+    assert store.current_version() == before and store.versions() == versions
+
+
+def test_crash_while_writing_keeps_the_live_version(ws, monkeypatch):
+    store = _index_store(ws)
+    before, versions = store.current_version(), store.versions()
+
+    def crash(self, directory):
+        (directory / "index.faiss").write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ItemIndex, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        rebuild(ws)
+    assert store.current_version() == before and store.versions() == versions
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".staging")]
+
+
+def test_retention_prunes_old_versions(ws):
+    for _ in range(3):
+        rebuild(ws, IndexSettings(keep=2))
+    store = _index_store(ws)
+    assert len(store.versions()) == 2 and store.current_version() == store.versions()[-1]
