@@ -36,9 +36,11 @@ def declarations(features_dir: Path) -> dict[str, object]:
     # A catalog item.
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
 
+    # Real-time path for the counters: events update them between nightly feature builds.
+    user_activity_push = PushSource(name="user_activity_push", batch_source=source("user_activity"))
     # How much, how recently and how well a user shops: ranking features, churn signals.
     user_activity_fv = FeatureView(
-        name="user_activity_fv", entities=[user], ttl=FEATURE_TTL, source=source("user_activity"),
+        name="user_activity_fv", entities=[user], ttl=FEATURE_TTL, source=user_activity_push,
         schema=[*(Field(name=c, dtype=Int64) for c in USER_COUNT_FEATURES),
                 Field(name="conversion_rate", dtype=Float64), Field(name="conversion_rate_30d", dtype=Float64),
                 Field(name="avg_purchase_price", dtype=Float64), Field(name="max_purchase_price", dtype=Float64),
@@ -66,7 +68,7 @@ def declarations(features_dir: Path) -> dict[str, object]:
     retrieval_user_v1 = FeatureService(name="retrieval_user_v1", features=[user_recent_fv])
     # What the ranking model reads for a user; a superset, so serving reads only this one.
     ranking_user_v1 = FeatureService(name="ranking_user_v1", features=[user_activity_fv, user_recent_fv])
-    return dict(user=user, item=item, user_activity_fv=user_activity_fv,
+    return dict(user=user, item=item, user_activity_push=user_activity_push, user_activity_fv=user_activity_fv,
                 user_recent_push=user_recent_push, user_recent_fv=user_recent_fv,
                 item_stats_fv=item_stats_fv, retrieval_user_v1=retrieval_user_v1,
                 ranking_user_v1=ranking_user_v1)
@@ -77,6 +79,7 @@ def declarations(features_dir: Path) -> dict[str, object]:
 _objects = declarations(Path(__file__).resolve().parent.parent / "var" / "features")
 user = _objects["user"]
 item = _objects["item"]
+user_activity_push = _objects["user_activity_push"]
 user_activity_fv = _objects["user_activity_fv"]
 user_recent_push = _objects["user_recent_push"]
 user_recent_fv = _objects["user_recent_fv"]

@@ -102,7 +102,7 @@ def applied(tmp_path_factory, planted):
 
 def test_apply_registers_every_declaration(applied):
     store, ws, names = applied
-    assert names == sorted(["user", "item", "user_activity_fv", "user_recent_push", "user_recent_fv",
+    assert names == sorted(["user", "item", "user_activity_push", "user_activity_fv", "user_recent_push", "user_recent_fv",
                             "item_stats_fv", "retrieval_user_v1", "ranking_user_v1"])
     assert {fv.name for fv in store.list_feature_views()} == {"user_activity_fv", "user_recent_fv", "item_stats_fv"}
     assert {fs.name for fs in store.list_feature_services()} == {"retrieval_user_v1", "ranking_user_v1"}
@@ -193,3 +193,26 @@ def test_rebuilt_history_is_materialized_in_full(tmp_path, planted):
     user = planted["buyer"]
     want = latest(older["user_activity"], "user_id").set_index("user_id").loc[user, "n_view"]
     assert _online(store, [user])["n_view"] == [want]
+
+
+def test_an_interrupted_materialization_is_completed_by_the_next_run(tmp_path, planted, monkeypatch):
+    ws = Workspace.at(tmp_path)
+    _write_features(planted["tables"], ws.features_dir)
+    store = open_store(ws)
+    apply(store, ws)
+    real = type(store).materialize
+
+    def killed_after_one_view(self, start_date, end_date, feature_views=None, **kwargs):
+        real(self, start_date, end_date, feature_views=["user_activity_fv"])
+        raise KeyboardInterrupt("killed mid-way")
+
+    monkeypatch.setattr(type(store), "materialize", killed_after_one_view)
+    with pytest.raises(KeyboardInterrupt):
+        materialize(store, ws)
+    monkeypatch.undo()
+    assert not (ws.feast_dir / "materialized.json").exists()  # nothing claims the run completed
+    assert materialize(store, ws) == "full"
+    users = sorted(latest(planted["tables"]["user_recent"], "user_id")["user_id"])[:10]
+    want = latest(planted["tables"]["user_recent"], "user_id").set_index("user_id")
+    got = _online(store, users)
+    assert [list(r) for r in got["recent_items"]] == [list(want.loc[u, "recent_items"]) for u in users]
