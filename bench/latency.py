@@ -74,7 +74,7 @@ def main() -> None:
     for r in results.values():
         r["p50_vs_getinfo"] = round(r["p50_ms"] / base, 1)
     machine = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-               "candidates_per_request": rec.candidates + rec.popular_candidates, "k": args.k,
+               "candidate_quotas": rec.quotas.__dict__, "k": args.k,
                "items": len(rec.models.items)}
     print(json.dumps({"machine": machine, "results": results}, indent=2))
     print(render([{"path": k, **v} for k, v in results.items()]))

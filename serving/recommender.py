@@ -20,7 +20,9 @@ from feature_repo.data.features import RECENT_N, pad_sequences
 from feature_repo.data.item_table import ItemTable
 from feature_repo.workspace import Workspace
 from ranking.features import FEATURE_NAMES, rank_features
+from retrieval.cooccurrence import CooccurrenceModel
 from retrieval.index import ItemIndex
+from serving.candidates import CandidateSources, Quotas
 from serving.errors import ModelNotLoaded
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class Models:
     items: ItemTable
     index_to_item: np.ndarray  # index position → ItemTable position (-1 if unknown)
     popular: np.ndarray  # ItemTable positions, most popular first
+    cooccurrence: Any = None  # item-to-item model built with the index (None: not available)
 
     @classmethod
     def load(cls, ws: Workspace) -> "Models":
@@ -87,8 +90,10 @@ class Models:
         items = ItemTable.load(ws.features_dir)
         index_to_item = np.array([items.position.get(i, -1) for i in index.item_ids], dtype=np.int64)
         versions = {"retrieval": retrieval_version, "index": index_version, "ranking": ranking_dir.name}
+        cooc_dir = index_store.current() / "cooccurrence"
+        cooccurrence = CooccurrenceModel.load(cooc_dir) if cooc_dir.exists() else None
         return cls(versions, user_tower, index, item_embeddings, scorer, items, index_to_item,
-                   items.most_popular(len(items)))
+                   items.most_popular(len(items)), cooccurrence)
 
 
 class Recommender:
@@ -96,23 +101,24 @@ class Recommender:
 
     Args:
       ws: the workspace (artifacts, feature tables, Feast registry and online store).
-      candidates: two-tower candidates retrieved per request before filtering and ranking.
-      popular_candidates: popular items added as a second source (they also fill cold starts).
+      quotas: candidates per source (serving/candidates.py) before filtering and ranking.
       feature_store: a Feast FeatureStore; opened from the workspace when omitted.
+      store_retry_seconds: how long a failed online store is skipped before it is tried again.
     """
 
-    def __init__(self, ws: Workspace, candidates: int = 200, popular_candidates: int = 50, feature_store=None,
+    def __init__(self, ws: Workspace, quotas: Quotas = Quotas(), feature_store=None,
                  store_retry_seconds: float = 5.0):
         from feature_repo.store import open_store
 
         self.ws = ws
+        self.quotas = quotas
         # After a failed read the store is skipped for this long, so that an outage costs one
         # slow request (client retries/timeouts) instead of every request.
         self.store_retry_seconds = store_retry_seconds
         self._store_down_until = 0.0
-        self.candidates = candidates
-        self.popular_candidates = popular_candidates
         self.models = Models.load(ws)
+        m = self.models
+        self.sources = CandidateSources(m.items, m.index, m.index_to_item, m.cooccurrence, quotas)
         self.store = feature_store or open_store(ws)
         self.feature_service = self.store.get_feature_service(USER_FEATURE_SERVICE)
         self.recommend("warm-up", 10)  # first Feast read and first tf.function call are slow
@@ -140,17 +146,11 @@ class Recommender:
         personalized = bool(history)
         blocked = set(exclude) | {i for i, t in zip(history, types) if t == "purchase"}
 
-        cand: dict[int, tuple[float, str]] = {}  # ItemTable position → (retrieval score, source)
         user_emb = None
         if personalized:
             user_emb = m.user_tower.embed(tf.constant([user_id]),
                                           tf.constant(pad_sequences([history], RECENT_N).astype(str))).numpy()
-            pos, scores = m.index.search(user_emb, self.candidates)
-            for p, s in zip(pos[0], scores[0]):
-                if p >= 0 and m.index_to_item[p] >= 0:
-                    cand[int(m.index_to_item[p])] = (float(s), "two_tower")
-        for p in m.popular[: self.popular_candidates]:
-            cand.setdefault(int(p), (0.0, "popular"))
+        cand = self.sources.gather(user_emb, history)  # ItemTable position → source names
 
         items = m.items
         keep = [p for p in cand if items.item_ids[p] not in blocked and (not category or items.category[p] == category)]
@@ -177,8 +177,17 @@ class Recommender:
         out = []
         for t in top:
             p = int(positions[t])
-            source = cand.get(p, (0.0, "popular"))[1]
-            reason = ("recent_category" if items.category[p] in recent_cats else "personalized") if source == "two_tower" else "popular"
-            out.append(Recommendation(items.item_ids[p], float(final[t]), float(retrieval[t]), source, reason,
+            sources = cand.get(p, ["popular"])
+            out.append(Recommendation(items.item_ids[p], float(final[t]), float(retrieval[t]), "+".join(sources),
+                                      _reason(sources, items.category[p] in recent_cats),
                                       items.category[p], items.brand[p], float(items.price[p])))
         return RecommendResult(user_id, out, personalized, degraded, m.versions)
+
+
+def _reason(sources: list[str], recent_category: bool) -> str:
+    """A short code the shop can turn into copy ("Because you viewed ...", "New in", ...)."""
+    if "cooccurrence" in sources:
+        return "goes_with_recent"
+    if "two_tower" in sources:
+        return "recent_category" if recent_category else "personalized"
+    return {"trending": "trending", "new": "new_arrival"}.get(sources[0], "popular")

@@ -97,9 +97,21 @@ def rebuild(ws: Workspace, settings: IndexSettings = IndexSettings()) -> tuple[s
         problems.append("some item embeddings are not finite")
     if problems:
         raise IndexVerificationFailed("index rebuild rejected, live version unchanged: " + "; ".join(problems))
-    with s["index"].build(kind="index", retrieval_version=retrieval_version, new_items=new_items, **facts) as b:
+    cooccurrence = _cooccurrence(ws, ids)
+    with s["index"].build(kind="index", retrieval_version=retrieval_version, new_items=new_items,
+                          cooccurrence_items=len(cooccurrence), **facts) as b:
         index.save(b.path)
         np.save(b.path / "item_embeddings.npy", emb)
+        cooccurrence.save(b.path / "cooccurrence")
     s["index"].publish(b.version)
     b.manifest["pruned"] = s["index"].prune(settings.keep)
     return b.version, b.manifest
+
+
+def _cooccurrence(ws: Workspace, item_ids: list[str]):
+    """Item-to-item co-occurrence over every user's clean sequence, versioned with the index."""
+    from feature_repo.data.features import collapse_sequence
+    from retrieval.cooccurrence import CooccurrenceModel, sequences_from_events
+    from shoprec.pipeline import load_clean
+
+    return CooccurrenceModel.fit(sequences_from_events(collapse_sequence(load_clean(ws, "events"))), item_ids=item_ids)

@@ -26,9 +26,17 @@ class ItemTable:
     n_view: np.ndarray
     n_purchase: np.ndarray
     conversion_rate: np.ndarray
+    n_view_7d: np.ndarray | None = None
+    n_purchase_7d: np.ndarray | None = None
+    created_epoch: np.ndarray | None = None
+    as_of_epoch: float = 0.0  # time of the newest snapshot: "now" for the data
 
     def __post_init__(self) -> None:
         self.position = {item: i for i, item in enumerate(self.item_ids)}
+        zeros = np.zeros(len(self.item_ids))
+        self.n_view_7d = zeros if self.n_view_7d is None else self.n_view_7d
+        self.n_purchase_7d = zeros if self.n_purchase_7d is None else self.n_purchase_7d
+        self.created_epoch = zeros if self.created_epoch is None else self.created_epoch
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -37,6 +45,11 @@ class ItemTable:
     def from_stats(cls, item_stats: pd.DataFrame) -> "ItemTable":
         """From an item_stats feature table (all snapshots or only the latest ones)."""
         df = latest(item_stats, "item_id")
+
+        def column(name: str) -> np.ndarray | None:
+            return df[name].to_numpy(dtype="float64") if name in df else None
+
+        as_of = item_stats["event_timestamp"].max()
         return cls(
             item_ids=df["item_id"].astype(str).to_numpy(dtype=object),
             category=df["category"].astype(str).to_numpy(dtype=object),
@@ -45,6 +58,9 @@ class ItemTable:
             n_view=df["n_view"].to_numpy(dtype="float64"),
             n_purchase=df["n_purchase"].to_numpy(dtype="float64"),
             conversion_rate=df["conversion_rate"].to_numpy(dtype="float64"),
+            n_view_7d=column("n_view_7d"), n_purchase_7d=column("n_purchase_7d"),
+            created_epoch=column("created_epoch"),
+            as_of_epoch=float(as_of.timestamp()) if pd.notna(as_of) else 0.0,
         )
 
     @classmethod
@@ -59,3 +75,12 @@ class ItemTable:
         """Positions of the ``n`` most purchased items (views break ties)."""
         order = np.lexsort((-self.n_view, -self.n_purchase))
         return order[:n]
+
+    def trending(self, n: int) -> np.ndarray:
+        """Positions of the ``n`` items bought most in the last 7 days (views break ties)."""
+        return np.lexsort((-self.n_view_7d, -self.n_purchase_7d))[:n]
+
+    def newest(self, n: int, days: float = 14.0) -> np.ndarray:
+        """Positions of up to ``n`` items launched in the last ``days``, newest first."""
+        recent = np.flatnonzero(self.created_epoch >= self.as_of_epoch - days * 86400)
+        return recent[np.argsort(-self.created_epoch[recent], kind="stable")][:n]

@@ -24,7 +24,8 @@ def test_online_store_down_degrades(trained_workspace):
     for _ in range(3):  # after the first failure the store is skipped: later calls are fast
         result = rec.recommend("u000001", 5)
         assert result.degraded and not result.personalized
-        assert len(result.items) == 5 and {r.source for r in result.items} == {"popular"}
+        assert len(result.items) == 5
+        assert not {s for r in result.items for s in r.source.split("+")} & {"two_tower", "cooccurrence"}
 
 
 def test_missing_models_fail_loudly(tmp_path):
