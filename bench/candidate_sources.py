@@ -35,7 +35,7 @@ def main() -> None:
     from serving.candidates import SOURCES, CandidateSources, Quotas
     from shoprec.pipeline import load_clean
     from shoprec.table import render
-    from shoprec.training import TrainingConfig, _histories, cutoff_time, holdout_targets, stores
+    from shoprec.training import TrainingConfig, _user_state, cutoff_time, holdout_targets, stores
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workspace", default="var")
@@ -46,14 +46,14 @@ def main() -> None:
     events = load_clean(ws, "events")
     cutoff = cutoff_time(events, args.holdout_days)
     targets = holdout_targets(events, cutoff)
-    histories = _histories(ws, targets["user_id"], pd.Series([cutoff] * len(targets)))
+    histories, activity = _user_state(ws, targets["user_id"], pd.Series([cutoff] * len(targets)))
     stats = pd.read_parquet(ws.features_dir / "item_stats.parquet")
     items = ItemTable.from_stats(stats[stats["event_timestamp"] <= cutoff])
     s = stores(ws)
     index = ItemIndex.load(s["index"].current())
     tower = tf.saved_model.load(str(s["retrieval"].root / s["index"].manifest()["retrieval_version"] / "user_tower"))
     emb = tower.embed(tf.constant(targets["user_id"].to_numpy().astype(str)),
-                      tf.constant(pad_sequences(histories, RECENT_N).astype(str))).numpy()
+                      tf.constant(pad_sequences(histories, RECENT_N).astype(str)), tf.constant(activity)).numpy()
     before = collapse_sequence(events[events["timestamp"] < cutoff])
     cooc = CooccurrenceModel.fit(sequences_from_events(before), item_ids=list(index.item_ids))
     index_to_item = np.array([items.position.get(i, -1) for i in index.item_ids], dtype=np.int64)

@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_FACTORIES = "Flat;HNSW32;IVF{nlist},Flat;IVF{nlist},PQ16"
-OPTIONAL_PREFIX = "PQ"  # factories with a PQ part are skipped once the time budget is spent
-NPROBES = (8, 32, 64)
+OPTIONAL_PREFIX = "PQ"  # PQ factories and extra HNSW efConstruction builds are skipped once the budget is spent
+DEFAULT_NPROBES = "8,32,64,128,256"
+DEFAULT_EF_FACTORS = "1,2,4"
 
 
 # --------------------------------------------------------------------------- catalogues, queries
@@ -146,7 +147,7 @@ def single_query_latency(index, queries: np.ndarray, k: int, warmup: int) -> dic
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
 
-def search_settings(index, factory: str) -> list[tuple[str, object]]:
+def search_settings(index, nprobes: list[int], ef_factors: list[int]) -> list[tuple[str, object]]:
     """(label, apply(k)) per search-time setting worth reporting for this index type."""
     import faiss
 
@@ -156,25 +157,52 @@ def search_settings(index, factory: str) -> list[tuple[str, object]]:
             def apply(k):
                 ivf.nprobe = p
             return apply
-        return [(f"nprobe={p}", nprobe(p)) for p in NPROBES if p <= ivf.nlist]
+        return [(f"nprobe={p}", nprobe(p)) for p in nprobes if p <= ivf.nlist]
     if hasattr(index.index, "hnsw"):
         default_ef = index.index.hnsw.efSearch
 
-        def auto(k):  # what serving does: factory default, ItemIndex.search raises it to k
-            index.index.hnsw.efSearch = default_ef
-
-        def double(k):
-            index.index.hnsw.efSearch = 2 * k
-        return [("efSearch=k (auto)", auto), ("efSearch=2k", double)]
+        def ef(factor):
+            def apply(k):
+                # factor 1 is what serving does: the factory default, which ItemIndex.search raises to k
+                index.index.hnsw.efSearch = default_ef if factor == 1 else factor * k
+            return apply
+        return [("efSearch=k (auto)" if f == 1 else f"efSearch={f}k", ef(f)) for f in ef_factors]
     return [("exact", lambda k: None)]
+
+
+def build_variants(factory: str, ef_constructions: list[int]) -> list[tuple[str, object]]:
+    """(label, build(emb, ids)) per index to build from one factory string.
+
+    Always `ItemIndex.build` (what `shoprec index` does). For HNSW factories, each extra
+    efConstruction is built the same way (factory, add) with efConstruction set before `add`,
+    which ItemIndex.build cannot do, and wrapped in ItemIndex so search is unchanged.
+    """
+    import faiss
+
+    from retrieval.index import ItemIndex
+
+    variants = [(factory, lambda emb, ids: ItemIndex.build(emb, ids, factory))]
+    probe = faiss.index_factory(8, factory, faiss.METRIC_INNER_PRODUCT)
+    if hasattr(probe, "hnsw") and faiss.try_extract_index_ivf(probe) is None:
+        default = probe.hnsw.efConstruction
+        for efc in ef_constructions:
+            if efc == default:
+                continue
+
+            def build(emb, ids, efc=efc):
+                index = faiss.index_factory(emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = efc
+                index.add(np.ascontiguousarray(emb, dtype="float32"))
+                return ItemIndex(index, list(ids), factory)
+            variants.append((f"{factory} efC={efc}", build))
+    return variants
 
 
 # --------------------------------------------------------------------------- the benchmark
 
-def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: list[str], ks: list[int],
-                    warmup: int, started: float, budget_s: float) -> tuple[list[dict], list[str]]:
-    from retrieval.index import ItemIndex
-
+def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: list[str], args: argparse.Namespace,
+                    started: float) -> tuple[list[dict], list[str]]:
+    ks, warmup, budget_s = args.ks, args.warmup, args.budget_min * 60
     n = len(emb)
     nlist = int(round(4 * math.sqrt(n)))
     t = time.perf_counter()
@@ -183,10 +211,10 @@ def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: 
     print(f"[{name}] n={n} dim={emb.shape[1]} exact top-{max(ks)} in {exact_s:.1f}s, load {os.getloadavg()}", flush=True)
     ids = [str(i) for i in range(n)]
     rows, notes = [], []
-    for template in factories:
-        factory = template.format(nlist=nlist)
+    builds = [v for template in factories for v in build_variants(template.format(nlist=nlist), args.hnsw_efc)]
+    for factory, build in builds:
         elapsed = time.perf_counter() - started
-        if OPTIONAL_PREFIX in factory and elapsed > budget_s:
+        if (OPTIONAL_PREFIX in factory or "efC=" in factory) and elapsed > budget_s:
             notes.append(f"{name}: skipped {factory}: {elapsed / 60:.1f} min spent of the {budget_s / 60:.0f} min budget")
             print("  " + notes[-1], flush=True)
             continue
@@ -194,12 +222,12 @@ def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: 
         hwm_reset = reset_peak_rss()
         rss_before = rss_mb("VmRSS")
         t = time.perf_counter()
-        index = ItemIndex.build(emb, ids, factory)
+        index = build(emb, ids)
         build_s = time.perf_counter() - t
         extra = {}
         if hasattr(index.index, "hnsw"):
             extra = {"efConstruction": index.index.hnsw.efConstruction}
-        for label, apply in search_settings(index, factory):
+        for label, apply in search_settings(index, args.nprobes, args.ef_factors):
             row = {"catalogue": name, "items": n, "factory": factory, "search": label, "build_s": round(build_s, 2), **extra}
             for k in ks:
                 apply(k)
@@ -240,13 +268,20 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--ks", default="100,500")
+    p.add_argument("--nprobes", default=DEFAULT_NPROBES, help="IVF nprobe values to report")
+    p.add_argument("--ef-factors", default=DEFAULT_EF_FACTORS, help="HNSW efSearch = factor*k (1 = ItemIndex's auto)")
+    p.add_argument("--hnsw-efc", default="40", help="HNSW efConstruction values (40 = the factory default, "
+                   "built by ItemIndex.build; others are extra builds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-min", type=float, default=20.0,
                    help="PQ factories are skipped once this many minutes have passed")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
-    ks = [int(k) for k in args.ks.split(",")]
+    ks = args.ks = [int(k) for k in args.ks.split(",")]
+    args.nprobes = [int(x) for x in args.nprobes.split(",")]
+    args.ef_factors = [int(x) for x in args.ef_factors.split(",")]
+    args.hnsw_efc = [int(x) for x in args.hnsw_efc.split(",")]
     factories = [f.strip() for f in args.factories.split(";") if f.strip()]
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([] if args.embeddings else [100_000, 1_000_000])
     started = time.perf_counter()
@@ -259,7 +294,7 @@ def main() -> None:
         queries = user_queries(centres, weights, args.queries, args.seed)
         catalogues.append({"name": f"real-{len(emb)}", "source": str(args.embeddings), "items": len(emb),
                            "dim": emb.shape[1], "query_centres": len(centres)})
-        r, n_ = bench_catalogue(f"real-{len(emb)}", emb, queries, factories, ks, args.warmup, started, args.budget_min * 60)
+        r, n_ = bench_catalogue(f"real-{len(emb)}", emb, queries, factories, args, started)
         rows += r
         notes += n_
         del emb
@@ -269,7 +304,7 @@ def main() -> None:
         queries = user_queries(centres, weights, args.queries, args.seed)
         catalogues.append({"name": f"synthetic-{n}", "items": n, "dim": args.dim, "clusters": args.clusters,
                            "zipf": 1.0, "generate_s": round(time.perf_counter() - t, 2)})
-        r, n_ = bench_catalogue(f"synthetic-{n}", emb, queries, factories, ks, args.warmup, started, args.budget_min * 60)
+        r, n_ = bench_catalogue(f"synthetic-{n}", emb, queries, factories, args, started)
         rows += r
         notes += n_
         del emb
@@ -281,7 +316,8 @@ def main() -> None:
                "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                "total_s": round(time.perf_counter() - started, 1)}
     settings = {"queries": args.queries, "warmup": args.warmup, "ks": ks, "seed": args.seed,
-                "factories": factories, "latency": "one query per ItemIndex.search call, wall clock",
+                "factories": factories, "nprobes": args.nprobes, "ef_factors": args.ef_factors,
+                "hnsw_ef_construction": args.hnsw_efc, "latency": "one query per ItemIndex.search call, wall clock",
                 "peak_rss": "VmHWM reset before each build (includes the catalogue, ids and exact top-k)"}
     result = {"machine": machine, "settings": settings, "catalogues": catalogues, "notes": notes, "results": rows}
     print(json.dumps(result, indent=2))

@@ -125,18 +125,28 @@ class ItemTower(tf.keras.Model):
 
 
 class UserTower(tf.keras.Model):
-    """Recent items (right-aligned, PAD-padded) → causal self-attention → normalised embedding.
+    """User id (+OOV), profile/activity features and recent items → normalised embedding.
+
+    The recent items (right-aligned, PAD-padded) go through causal self-attention; the id and
+    the dense activity features (retrieval/user_features.py) are added to the output, so a new
+    user (OOV id, zero activity) is embedded from the history alone.
 
     Args:
       items: the shared item tower (history items are embedded by it).
       max_len: positions of history read (older items are dropped).
       blocks / heads / dropout: transformer size; two small blocks suit CPU training.
+      user_ids: the known users (None: no id embedding).
+      n_activity: width of the activity vector.
     """
 
     def __init__(self, items: ItemTower, max_len: int = 50, dim: int = 64, blocks: int = 2, heads: int = 2,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, user_ids: list[str] | None = None, n_activity: int = 0):
         super().__init__()
-        self.items, self.max_len = items, max_len
+        self.items, self.max_len, self.n_activity = items, max_len, n_activity
+        self.user_lookup = tf.keras.layers.StringLookup(vocabulary=list(user_ids or ["none"]), mask_token=PAD)
+        self.user_embedding = tf.keras.layers.Embedding(self.user_lookup.vocabulary_size(), dim,
+                                                        embeddings_initializer="zeros")
+        self.activity = tf.keras.layers.Dense(dim) if n_activity else None
         self.positions = tf.keras.layers.Embedding(max_len, dim)
         self.input_dropout = tf.keras.layers.Dropout(dropout)
         self.attention = [tf.keras.layers.MultiHeadAttention(heads, dim // heads, dropout=dropout) for _ in range(blocks)]
@@ -148,10 +158,12 @@ class UserTower(tf.keras.Model):
         # Long-term taste: the (causal) mean of all items so far, next to attention's recency.
         self.pooled = tf.keras.layers.Dense(dim)
 
-    def sequence(self, history: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def sequence(self, history: tf.Tensor, training: bool = False, user: tf.Tensor | None = None,
+                 activity: tf.Tensor | None = None) -> tf.Tensor:
         """Normalised outputs at every position [batch, max_len, dim]; position t sees items ≤ t.
 
-        ``history``: item lookup indices (int, 0 = PAD), right-aligned; any width.
+        ``history``: item lookup indices (int, 0 = PAD), right-aligned; any width. ``user``: user
+        lookup indices [batch] (1 = unknown); ``activity``: [batch, n_activity] floats.
         """
         history = history[:, -self.max_len:]
         missing = self.max_len - tf.shape(history)[1]
@@ -168,14 +180,21 @@ class UserTower(tf.keras.Model):
             h = n1(x)
             x = x + attn(h, h, attention_mask=mask, training=training)
             x = x + ffn(n2(x), training=training)
-        return tf.math.l2_normalize(self.final_norm(x) + self.pooled(mean_so_far), axis=-1)
+        out = self.final_norm(x) + self.pooled(mean_so_far)
+        if user is not None:
+            out += self.user_embedding(user)[:, None, :]
+        if activity is not None and self.activity is not None:
+            out += self.activity(activity)[:, None, :]
+        return tf.math.l2_normalize(out, axis=-1)
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """``history``: item ids (strings, PAD-padded) or lookup indices (ints)."""
-        history = inputs["history"]
+        """``history`` (and optional ``user_id``): ids as strings or lookup indices; ``activity``."""
+        history, user = inputs["history"], inputs.get("user_id")
         if history.dtype == tf.string:
             history = self.items.index(history)
-        return self.sequence(history, training=training)[:, -1]
+        if user is not None and user.dtype == tf.string:
+            user = self.user_lookup(user)
+        return self.sequence(history, training, user, inputs.get("activity"))[:, -1]
 
 
 class TwoTower(tfrs.Model):
@@ -188,20 +207,27 @@ class TwoTower(tfrs.Model):
     """
 
     def __init__(self, catalog: Catalog, dim: int = 64, max_len: int = 50, blocks: int = 2, heads: int = 2,
-                 dropout: float = 0.2, temperature: float = 0.05):
+                 dropout: float = 0.2, temperature: float = 0.05, user_ids: list[str] | None = None,
+                 n_activity: int = 0, user_id_dropout: float = 0.1):
         super().__init__()
         self.item_tower = ItemTower(catalog, dim)
-        self.user_tower = UserTower(self.item_tower, max_len, dim, blocks, heads, dropout)
+        self.user_tower = UserTower(self.item_tower, max_len, dim, blocks, heads, dropout, user_ids, n_activity)
+        self.user_id_dropout = user_id_dropout
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        # All ids arrive as lookup indices (ItemTower.index), 0 = PAD.
+        # All ids arrive as lookup indices (ItemTower.index, UserTower.user_lookup), 0 = PAD.
+        user = features.get("user_id")
+        if user is not None and training and self.user_id_dropout:
+            # Some examples pretend the user is unknown, so the OOV slot learns what a new user is.
+            unknown = tf.random.uniform(tf.shape(user)) < self.user_id_dropout
+            user = tf.where(unknown, tf.ones_like(user), user)
         if "history" in features:  # (history as of before the target, target item) pairs
-            queries = self.user_tower(features, training=training)
+            queries = self.user_tower.sequence(features["history"], training, user, features.get("activity"))[:, -1]
             return self.task(queries, self.item_tower.by_index(features["item_id"]), candidate_ids=features["item_id"],
                              candidate_sampling_probability=features["item_probability"], compute_metrics=False)
         # inputs/targets: [batch, max_len], targets[t] is the item after inputs[..t].
-        outputs = self.user_tower.sequence(features["inputs"], training=training)
+        outputs = self.user_tower.sequence(features["inputs"], training, user, features.get("activity"))
         valid = tf.not_equal(features["targets"], 0)
         queries = tf.boolean_mask(outputs, valid)
         targets = tf.boolean_mask(features["targets"], valid)

@@ -74,15 +74,17 @@ def _probability(targets: np.ndarray) -> np.ndarray:
     return (counts / max(counts.sum(), 1.0))[targets].astype(np.float32)
 
 
-def _indices(catalog: Catalog, values: np.ndarray) -> np.ndarray:
-    """Strings → the item tower's lookup indices (0 PAD, 1 unknown, catalog items from 2)."""
-    index = {item: i + 2 for i, item in enumerate(catalog.item_ids)}
+def _indices(vocabulary: list[str], values: np.ndarray) -> np.ndarray:
+    """Strings → StringLookup indices (0 PAD, 1 unknown, vocabulary from 2)."""
+    index = {item: i + 2 for i, item in enumerate(vocabulary)}
     index[PAD] = 0
     return np.vectorize(lambda v: index.get(v, 1), otypes=[np.int64])(values) if values.size else values.astype(np.int64)
 
 
-def _dataset(examples: dict[str, np.ndarray], catalog: Catalog, batch_size: int, seed: int) -> tf.data.Dataset:
-    examples = {k: _indices(catalog, v) for k, v in examples.items()}
+def _dataset(examples: dict[str, np.ndarray], catalog: Catalog, users: list[str], batch_size: int,
+             seed: int) -> tf.data.Dataset:
+    examples = {k: (v if k == "activity" else _indices(users if k == "user_id" else catalog.item_ids, v))
+                for k, v in examples.items()}
     if "targets" in examples:
         examples["target_probability"] = _probability(examples["targets"])
     else:
@@ -92,8 +94,9 @@ def _dataset(examples: dict[str, np.ndarray], catalog: Catalog, batch_size: int,
     return ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size).prefetch(2)
 
 
-def embed_users(model: TwoTower, histories: list[list[str]], batch_size: int = 1024) -> np.ndarray:
-    """User-tower embeddings for histories (oldest first), float32."""
+def embed_users(model: TwoTower, histories: list[list[str]], users: list[str] | None = None,
+                activity: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
+    """User-tower embeddings for histories (oldest first), with ids and activity if given, float32."""
     out = []
     width = model.user_tower.max_len
     for lo in range(0, len(histories), batch_size):
@@ -103,7 +106,12 @@ def embed_users(model: TwoTower, histories: list[list[str]], batch_size: int = 1
             h = list(h)[-width:]
             if h:
                 padded[i, width - len(h):] = h
-        out.append(model.user_tower({"history": tf.constant(padded.astype(str))}).numpy())
+        inputs = {"history": tf.constant(padded.astype(str))}
+        if users is not None:
+            inputs["user_id"] = tf.constant(np.asarray(users[lo:lo + batch_size], dtype=str))
+        if activity is not None and model.user_tower.n_activity:
+            inputs["activity"] = tf.constant(activity[lo:lo + batch_size], dtype=tf.float32)
+        out.append(model.user_tower(inputs).numpy())
     return np.concatenate(out).astype("float32") if out else np.zeros((0, model.item_tower.item_embedding.output_dim), "float32")
 
 
@@ -114,10 +122,11 @@ def embed_items(model: TwoTower, item_ids: list[str], batch_size: int = 8192) ->
     return np.concatenate(out).astype("float32")
 
 
-def hit_rate(model: TwoTower, catalog: Catalog, histories: list[list[str]], targets: list[str], k: int = 10) -> float:
+def hit_rate(model: TwoTower, catalog: Catalog, histories: list[list[str]], targets: list[str], k: int = 10,
+             users: list[str] | None = None, activity: np.ndarray | None = None) -> float:
     """Leave-one-out HR@k over the whole catalog, the history's items excluded (full ranking)."""
     position = {item: i for i, item in enumerate(catalog.item_ids)}
-    scores = embed_users(model, histories) @ embed_items(model, catalog.item_ids).T
+    scores = embed_users(model, histories, users, activity) @ embed_items(model, catalog.item_ids).T
     for row, h in enumerate(histories):
         scores[row, [position[i] for i in h if i in position]] = -np.inf
     target_scores = scores[np.arange(len(targets)), [position[t] for t in targets]]
@@ -126,30 +135,42 @@ def hit_rate(model: TwoTower, catalog: Catalog, histories: list[list[str]], targ
 
 
 def train_two_tower(sequences: list[list[str]] | None, catalog: Catalog, settings: TrainSettings = TrainSettings(),
-                    valid: tuple[list[list[str]], list[str]] | None = None, verbose: int = 2,
-                    pairs: tuple[list[list[str]], list[str]] | None = None) -> tuple[TwoTower, dict[str, object]]:
+                    valid: tuple | None = None, verbose: int = 2,
+                    pairs: tuple[list[list[str]], list[str]] | None = None, users: list[str] | None = None,
+                    activity: np.ndarray | None = None) -> tuple[TwoTower, dict[str, object]]:
     """Fit on item sequences (every position) or on (history, target) ``pairs``.
 
-    Returns the model at its best validation epoch and the training facts.
+    ``users`` (one per sequence or pair) turn on the user-id embedding, ``activity`` (rows
+    aligned the same way, retrieval/user_features.py) the profile features. ``valid`` is
+    (histories, targets[, users, activity]). Returns the model at its best validation epoch and
+    the training facts.
     """
     tf.keras.utils.set_random_seed(settings.seed)
     s = settings
-    model = TwoTower(catalog, s.dim, s.max_len, s.blocks, s.heads, s.dropout, s.temperature)
+    vocabulary = sorted(set(users)) if users is not None else None
+    n_activity = activity.shape[1] if activity is not None else 0
+    model = TwoTower(catalog, s.dim, s.max_len, s.blocks, s.heads, s.dropout, s.temperature, vocabulary, n_activity)
     model.compile(optimizer=tf.keras.optimizers.Adam(s.learning_rate))
     if pairs is not None:
         examples = pair_examples(*pairs, s.max_len)
         n_examples = len(examples["item_id"])
+        keep = np.arange(len(pairs[1]))
     else:
+        keep = np.array([i for i, seq in enumerate(sequences or []) if len(seq) >= 2], dtype=np.int64)
         examples = next_item_examples(sequences or [], s.max_len)
         n_examples = int((examples["targets"] != PAD).sum())
-    ds = _dataset(examples, catalog, s.batch_size, s.seed)
+    if users is not None:
+        examples["user_id"] = np.asarray(users, dtype=str)[keep]
+    if activity is not None:
+        examples["activity"] = np.asarray(activity, dtype=np.float32)[keep]
+    ds = _dataset(examples, catalog, vocabulary or [], s.batch_size, s.seed)
     history, best, best_weights, waited, epochs = [], -1.0, None, 0, 0
     start = time.perf_counter()
     for epoch in range(s.epochs):
         fit = model.fit(ds, epochs=1, verbose=0)
         epochs += 1
         loss = float(fit.history["loss"][-1])
-        score = hit_rate(model, catalog, *valid) if valid else -loss
+        score = hit_rate(model, catalog, *valid[:2], 10, *valid[2:]) if valid else -loss
         history.append({"epoch": epoch + 1, "loss": round(loss, 4), "valid_hr_at_10": round(score, 4) if valid else None})
         if verbose:
             print(f"  epoch {epoch + 1}/{s.epochs}  loss {loss:.4f}" + (f"  valid HR@10 {score:.4f}" if valid else ""),
@@ -174,11 +195,14 @@ class _UserTowerExport(tf.Module):
         super().__init__()
         self.tower = tower
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
-    def embed(self, user_id: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
-        # user_id is part of the API for models that use it; this tower reads the history only.
-        del user_id
-        return self.tower({"history": history})
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
+                                  tf.TensorSpec([None, None], tf.float32)])
+    def embed(self, user_id: tf.Tensor, history: tf.Tensor, activity: tf.Tensor) -> tf.Tensor:
+        """``activity``: [batch, n] from retrieval.user_features.activity_matrix (zeros if unknown)."""
+        inputs = {"history": history, "user_id": user_id}
+        if self.tower.n_activity:
+            inputs["activity"] = activity
+        return self.tower(inputs)
 
 
 class _ItemTowerExport(tf.Module):
@@ -209,4 +233,4 @@ def export(model: TwoTower, catalog: Catalog, out_dir: Path) -> dict[str, int]:
     emb = embed_items(model, catalog.item_ids)
     np.save(out_dir / "item_embeddings.npy", emb)
     (out_dir / "item_ids.json").write_text(json.dumps(catalog.item_ids))
-    return {"items": int(emb.shape[0]), "dim": int(emb.shape[1])}
+    return {"items": int(emb.shape[0]), "dim": int(emb.shape[1]), "activity_features": model.user_tower.n_activity}

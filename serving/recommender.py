@@ -22,6 +22,7 @@ from feature_repo.workspace import Workspace
 from ranking.features import FEATURE_NAMES, rank_features
 from retrieval.cooccurrence import CooccurrenceModel
 from retrieval.index import ItemIndex
+from retrieval.user_features import activity_vector
 from serving.candidates import CandidateSources, Quotas
 from serving.errors import ModelNotLoaded
 
@@ -149,7 +150,8 @@ class Recommender:
         user_emb = None
         if personalized:
             user_emb = m.user_tower.embed(tf.constant([user_id]),
-                                          tf.constant(pad_sequences([history], RECENT_N).astype(str))).numpy()
+                                          tf.constant(pad_sequences([history], RECENT_N).astype(str)),
+                                          tf.constant(activity_vector(user)[None])).numpy()
         cand = self.sources.gather(user_emb, history)  # ItemTable position → source names
 
         items = m.items

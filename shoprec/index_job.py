@@ -71,8 +71,9 @@ def embed_catalog(ws: Workspace, retrieval_dir) -> tuple[list[str], np.ndarray, 
 def _user_dim(retrieval_dir) -> int:
     import tensorflow as tf
 
+    n_activity = json.loads((retrieval_dir / "manifest.json").read_text())["export"].get("activity_features", 0)
     tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
-    return int(tower.embed(tf.constant(["probe"]), tf.constant([[""]])).shape[-1])
+    return int(tower.embed(tf.constant(["probe"]), tf.constant([[""]]), tf.zeros((1, n_activity))).shape[-1])
 
 
 def rebuild(ws: Workspace, settings: IndexSettings = IndexSettings()) -> tuple[str, dict[str, Any]]:

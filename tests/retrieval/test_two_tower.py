@@ -50,7 +50,7 @@ def test_export_scores_like_the_trained_model(trained, tmp_path):
     user_tower = tf.saved_model.load(str(tmp_path / "user_tower"))
     item_tower = tf.saved_model.load(str(tmp_path / "item_tower"))
     padded = np.array([["", "", "", "", *h[-4:]] for h in histories[:10]], dtype=str)
-    exported = user_tower.embed(tf.constant(["u"] * 10), tf.constant(padded)).numpy()
+    exported = user_tower.embed(tf.constant(["u"] * 10), tf.constant(padded), tf.zeros((10, 0))).numpy()
     np.testing.assert_allclose(exported, embed_users(model, [list(h[-4:]) for h in histories[:10]]), atol=1e-5)
     stored = np.load(tmp_path / "item_embeddings.npy")
     np.testing.assert_allclose(stored, embed_items(model, ITEMS), atol=1e-6)
@@ -77,3 +77,22 @@ def test_same_seed_same_model():
     a, _ = train_two_tower(seqs, CATALOG, settings, verbose=0)
     b, _ = train_two_tower(seqs, CATALOG, settings, verbose=0)
     np.testing.assert_allclose(embed_items(a, ITEMS), embed_items(b, ITEMS), atol=1e-5)
+
+
+def test_user_id_and_activity_reach_the_exported_tower(tmp_path):
+    """With ids and activity: a known user's id and activity change the embedding; an unknown id
+    falls back to the OOV slot; export → load gives the same vectors."""
+    seqs = _chains(120, seed=2)
+    users = [f"u{i}" for i in range(len(seqs))]
+    activity = np.random.default_rng(0).normal(size=(len(seqs), 3)).astype(np.float32)
+    settings = TrainSettings(dim=8, max_len=8, blocks=1, heads=1, epochs=2, patience=2, batch_size=32)
+    model, _ = train_two_tower(seqs, CATALOG, settings, users=users, activity=activity, verbose=0)
+    export(model, CATALOG, tmp_path)
+    tower = tf.saved_model.load(str(tmp_path / "user_tower"))
+    hist = np.array([["", "", "", "", *s[-4:]] for s in seqs[:4]], dtype=str)
+    known = tower.embed(tf.constant(users[:4]), tf.constant(hist), tf.constant(activity[:4])).numpy()
+    np.testing.assert_allclose(known, embed_users(model, [s[-4:] for s in seqs[:4]], users[:4], activity[:4]), atol=1e-5)
+    other_activity = tower.embed(tf.constant(users[:4]), tf.constant(hist), tf.constant(activity[:4] + 1)).numpy()
+    assert not np.allclose(known, other_activity)
+    unknown = tower.embed(tf.constant(["nobody"] * 4), tf.constant(hist), tf.constant(activity[:4])).numpy()
+    assert np.isfinite(unknown).all() and np.allclose(np.linalg.norm(unknown, axis=1), 1, atol=1e-5)
