@@ -170,7 +170,7 @@ def search_settings(index, nprobes: list[int], ef_factors: list[int]) -> list[tu
     return [("exact", lambda k: None)]
 
 
-def build_variants(factory: str, ef_constructions: list[int]) -> list[tuple[str, object]]:
+def build_variants(factory: str, dim: int, ef_constructions: list[int]) -> list[tuple[str, object]]:
     """(label, build(emb, ids)) per index to build from one factory string.
 
     Always `ItemIndex.build` (what `shoprec index` does). For HNSW factories, each extra
@@ -182,7 +182,7 @@ def build_variants(factory: str, ef_constructions: list[int]) -> list[tuple[str,
     from retrieval.index import ItemIndex
 
     variants = [(factory, lambda emb, ids: ItemIndex.build(emb, ids, factory))]
-    probe = faiss.index_factory(8, factory, faiss.METRIC_INNER_PRODUCT)
+    probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if hasattr(probe, "hnsw") and faiss.try_extract_index_ivf(probe) is None:
         default = probe.hnsw.efConstruction
         for efc in ef_constructions:
@@ -211,7 +211,7 @@ def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: 
     print(f"[{name}] n={n} dim={emb.shape[1]} exact top-{max(ks)} in {exact_s:.1f}s, load {os.getloadavg()}", flush=True)
     ids = [str(i) for i in range(n)]
     rows, notes = [], []
-    builds = [v for template in factories for v in build_variants(template.format(nlist=nlist), args.hnsw_efc)]
+    builds = [v for template in factories for v in build_variants(template.format(nlist=nlist), emb.shape[1], args.hnsw_efc)]
     for factory, build in builds:
         elapsed = time.perf_counter() - started
         if (OPTIONAL_PREFIX in factory or "efC=" in factory) and elapsed > budget_s:

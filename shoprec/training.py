@@ -144,11 +144,23 @@ def evaluate_holdout(ws: Workspace, model, events: pd.DataFrame, items: pd.DataF
     train_buys = events[(events["timestamp"] < cutoff) & (events["event_type"] == "purchase")]
     popular = train_buys["item_id"].value_counts().index[:EVAL_K].tolist()
     relevant = targets["relevant"].tolist()
-    return {"holdout_users": len(targets),
-            f"recall_at_{EVAL_K}": round(recall_at_k(model_lists, relevant, EVAL_K), 4),
-            f"ndcg_at_{EVAL_K}": round(ndcg_at_k(model_lists, relevant, EVAL_K), 4),
-            f"popularity_recall_at_{EVAL_K}": round(recall_at_k([popular] * len(relevant), relevant, EVAL_K), 4),
-            f"popularity_ndcg_at_{EVAL_K}": round(ndcg_at_k([popular] * len(relevant), relevant, EVAL_K), 4)}
+    out: dict[str, float] = {"holdout_users": len(targets),
+           f"recall_at_{EVAL_K}": round(recall_at_k(model_lists, relevant, EVAL_K), 4),
+           f"ndcg_at_{EVAL_K}": round(ndcg_at_k(model_lists, relevant, EVAL_K), 4),
+           f"popularity_recall_at_{EVAL_K}": round(recall_at_k([popular] * len(relevant), relevant, EVAL_K), 4),
+           f"popularity_ndcg_at_{EVAL_K}": round(ndcg_at_k([popular] * len(relevant), relevant, EVAL_K), 4)}
+    # Slices: new users (at most 5 items of history at the cutoff) and new items (launched in
+    # the 30 days before the cutoff or after it: few or no interactions to learn from).
+    launched = items.set_index(items["item_id"].astype(str))["created_at"]
+    new_items = set(launched.index[launched >= cutoff - pd.Timedelta(days=30)])
+    slices = {"new_users": ([len(h) <= 5 for h in hist], relevant),
+              "new_items": ([True] * len(relevant), [r & new_items for r in relevant])}
+    for name, (mask, rel) in slices.items():
+        chosen = [i for i, m in enumerate(mask) if m and rel[i]]
+        out[f"{name}_targets"] = sum(len(rel[i]) for i in chosen)
+        for label, lists in (("", [model_lists[i] for i in chosen]), ("popularity_", [popular] * len(chosen))):
+            out[f"{name}_{label}recall_at_{EVAL_K}"] = round(recall_at_k(lists, [rel[i] for i in chosen], EVAL_K), 4)
+    return out
 
 
 def build_index(ws: Workspace, cfg: TrainingConfig = TrainingConfig()) -> tuple[str, dict[str, Any]]:
