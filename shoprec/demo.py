@@ -19,6 +19,19 @@ def pick_demo_users(ws: Workspace, n_active: int = 2) -> list[str]:
     return users + ["new-visitor-1"]
 
 
+def holdout_table(metrics: dict) -> str:
+    """Held-out purchases of the last days: the two-tower against popularity, per cut-off."""
+    from shoprec.training import HOLDOUT_KS
+
+    if not metrics:
+        return "no holdout (holdout_days=0)"
+    rows = [{"model": name, **{f"R@{k}": metrics[f"{prefix}recall_at_{k}"] for k in HOLDOUT_KS},
+             "NDCG@10": metrics[f"{prefix}ndcg_at_10"]} for name, prefix in (("two-tower", ""), ("popularity", "popularity_"))]
+    return (f"held-out purchases of {metrics['holdout_users']} users (recall at K, full catalog):\n" + render(rows)
+            + f"\nnew users R@50 {metrics['new_users_recall_at_50']} (popularity {metrics['new_users_popularity_recall_at_50']}), "
+              f"new items R@50 {metrics['new_items_recall_at_50']} (popularity {metrics['new_items_popularity_recall_at_50']})")
+
+
 def run_demo(ws: Workspace, preset: str = "default", seed: int = 0, cfg=None) -> dict[str, float]:
     from shoprec import pipeline, training
 
@@ -38,7 +51,7 @@ def run_demo(ws: Workspace, preset: str = "default", seed: int = 0, cfg=None) ->
         pipeline.materialize(ws)
     with progress.step("train the two-tower retrieval model"):
         _, manifest = training.train_retrieval(ws, cfg)
-        progress.say("holdout quality (two-tower vs popularity): " + json.dumps(manifest["metrics"]))
+        progress.say(holdout_table(manifest["metrics"]))
     with progress.step("build the FAISS index"):
         _, manifest = training.build_index(ws, cfg)
         progress.say(f"{manifest['items']} items, {manifest['factory']}, recall@100 vs exact "

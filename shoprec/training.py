@@ -20,7 +20,8 @@ from feature_repo.workspace import Workspace
 from retrieval.metrics import ndcg_at_k, recall_at_k
 from shoprec.pipeline import load_clean
 
-EVAL_K = 50
+EVAL_K = 50  # the headline cut-off: what a page plus the ranker's reach looks like
+HOLDOUT_KS = (5, 10, 20, 50, 100, 200, 500)
 
 
 @dataclass
@@ -139,16 +140,19 @@ def evaluate_holdout(ws: Workspace, model, events: pd.DataFrame, items: pd.DataF
     hist, activity = _user_state(ws, targets["user_id"], pd.Series([cutoff] * len(targets)))
     user_emb = embed_users(model, hist, targets["user_id"].astype(str).tolist(), activity)
     item_ids = items["item_id"].astype(str).to_numpy()
-    top = exact_top_k(embed_items(model, item_ids.tolist()), user_emb, EVAL_K)
+    deepest = max(HOLDOUT_KS)
+    top = exact_top_k(embed_items(model, item_ids.tolist()), user_emb, deepest)
     model_lists = [list(item_ids[row]) for row in top]
     train_buys = events[(events["timestamp"] < cutoff) & (events["event_type"] == "purchase")]
-    popular = train_buys["item_id"].value_counts().index[:EVAL_K].tolist()
+    popular = train_buys["item_id"].value_counts().index[:deepest].tolist()
     relevant = targets["relevant"].tolist()
-    out: dict[str, float] = {"holdout_users": len(targets),
-           f"recall_at_{EVAL_K}": round(recall_at_k(model_lists, relevant, EVAL_K), 4),
-           f"ndcg_at_{EVAL_K}": round(ndcg_at_k(model_lists, relevant, EVAL_K), 4),
-           f"popularity_recall_at_{EVAL_K}": round(recall_at_k([popular] * len(relevant), relevant, EVAL_K), 4),
-           f"popularity_ndcg_at_{EVAL_K}": round(ndcg_at_k([popular] * len(relevant), relevant, EVAL_K), 4)}
+    out: dict[str, float] = {"holdout_users": len(targets)}
+    for k in HOLDOUT_KS:
+        out[f"recall_at_{k}"] = round(recall_at_k(model_lists, relevant, k), 4)
+        out[f"ndcg_at_{k}"] = round(ndcg_at_k(model_lists, relevant, k), 4)
+        out[f"popularity_recall_at_{k}"] = round(recall_at_k([popular] * len(relevant), relevant, k), 4)
+        out[f"popularity_ndcg_at_{k}"] = round(ndcg_at_k([popular] * len(relevant), relevant, k), 4)
+    out["coverage_at_10"] = round(len({i for lst in model_lists for i in lst[:10]}) / len(item_ids), 4)
     # Slices: new users (at most 5 items of history at the cutoff) and new items (launched in
     # the 30 days before the cutoff or after it: few or no interactions to learn from).
     launched = items.set_index(items["item_id"].astype(str))["created_at"]
