@@ -75,9 +75,6 @@ def _user_state(ws: Workspace, users: pd.Series, times: pd.Series) -> tuple[list
     return histories, activity_matrix(df[list(ACTIVITY_FEATURES)].to_dict("records"))
 
 
-def _histories(ws: Workspace, users: pd.Series, times: pd.Series) -> list[list[str]]:
-    return _user_state(ws, users, times)[0]
-
 
 def train_retrieval(ws: Workspace, cfg: TrainingConfig = TrainingConfig()) -> tuple[str, dict[str, Any]]:
     """Train on every user's sequence before the cutoff, evaluate on the holdout, export, publish.
