@@ -23,6 +23,11 @@ class RecommenderClient:
             surface=surface, exclude_item_ids=exclude or [], category=category))
         return self.stub.Recommend(request, timeout=self.timeout)
 
+    def record_events(self, events: list[dict]) -> pb.RecordEventsResponse:
+        """``events``: dicts with user_id, item_id, event_type and optional timestamp, price."""
+        return self.stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(**e) for e in events]),
+                                      timeout=self.timeout)
+
     def info(self) -> pb.GetInfoResponse:
         return self.stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout)
 

@@ -85,6 +85,21 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                                       price=r.price) for r in result.items],
         )
 
+    def RecordEvents(self, request: pb.RecordEventsRequest, context: grpc.ServicerContext) -> pb.RecordEventsResponse:
+        from serving.events import record_events
+
+        try:
+            if len(request.events) > self.limits.max_list_size:
+                raise InvalidArgument("events", f"has {len(request.events)} events; the limit is "
+                                                f"{self.limits.max_list_size} per call")
+            results = record_events(self.recommender.store, request.events, self.recommender.models.items.position,
+                                    self.limits.max_id_length)
+        except Exception as e:  # noqa: BLE001 - every error goes through the one status table
+            self._fail(context, e)
+        return pb.RecordEventsResponse(
+            results=[pb.EventResult(index=r.index, accepted=r.accepted, error=r.error) for r in results],
+            accepted=sum(r.accepted for r in results))
+
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
         m = self.recommender.models
         return pb.GetInfoResponse(retrieval_version=m.versions["retrieval"], index_version=m.versions["index"],

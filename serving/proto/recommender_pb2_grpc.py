@@ -44,6 +44,11 @@ class RecommenderStub:
                 request_serializer=serving_dot_proto_dot_recommender__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_recommender__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.RecordEvents = channel.unary_unary(
+                '/shoprec.v1.Recommender/RecordEvents',
+                request_serializer=serving_dot_proto_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_recommender__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -63,6 +68,14 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvents(self, request, context):
+        """Views, clicks, carts and purchases from the shop; each event is validated and acknowledged
+        on its own, and accepted events change the user's next Recommend.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=serving_dot_proto_dot_recommender__pb2.GetInfoRequest.FromString,
                     response_serializer=serving_dot_proto_dot_recommender__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'RecordEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=serving_dot_proto_dot_recommender__pb2.RecordEventsRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_recommender__pb2.RecordEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class Recommender:
             '/shoprec.v1.Recommender/GetInfo',
             serving_dot_proto_dot_recommender__pb2.GetInfoRequest.SerializeToString,
             serving_dot_proto_dot_recommender__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoprec.v1.Recommender/RecordEvents',
+            serving_dot_proto_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
+            serving_dot_proto_dot_recommender__pb2.RecordEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
