@@ -62,6 +62,7 @@ class Models:
     scorer: Any
     items: ItemTable
     index_to_item: np.ndarray  # index position → ItemTable position (-1 if unknown)
+    item_to_index: np.ndarray  # ItemTable position → index position (-1 if not indexed)
     popular: np.ndarray  # ItemTable positions, most popular first
     cooccurrence: Any = None  # item-to-item model built with the index (None: not available)
 
@@ -93,7 +94,8 @@ class Models:
         versions = {"retrieval": retrieval_version, "index": index_version, "ranking": ranking_dir.name}
         cooc_dir = index_store.current() / "cooccurrence"
         cooccurrence = CooccurrenceModel.load(cooc_dir) if cooc_dir.exists() else None
-        return cls(versions, user_tower, index, item_embeddings, scorer, items, index_to_item,
+        item_to_index = np.array([index.position.get(i, -1) for i in items.item_ids], dtype=np.int64)
+        return cls(versions, user_tower, index, item_embeddings, scorer, items, index_to_item, item_to_index,
                    items.most_popular(len(items)), cooccurrence)
 
 
@@ -163,9 +165,9 @@ class Recommender:
             return RecommendResult(user_id, [], personalized, degraded, m.versions)
         positions = np.array(keep, dtype=np.int64)
         if user_emb is not None:
-            index_pos = [m.index.position.get(items.item_ids[p]) for p in positions]
-            retrieval = np.array([float(m.item_embeddings[i] @ user_emb[0]) if i is not None else 0.0 for i in index_pos],
-                                 dtype=np.float32)
+            index_pos = m.item_to_index[positions]
+            retrieval = np.where(index_pos >= 0, m.item_embeddings[np.maximum(index_pos, 0)] @ user_emb[0], 0.0)
+            retrieval = retrieval.astype(np.float32)
         else:
             retrieval = np.zeros(len(positions), dtype=np.float32)
 
