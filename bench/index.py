@@ -35,7 +35,7 @@ import numpy as np
 
 DEFAULT_FACTORIES = "Flat;HNSW32;IVF{nlist},Flat;IVF{nlist},PQ16"
 OPTIONAL_PREFIX = "PQ"  # PQ factories and extra HNSW efConstruction builds are skipped once the budget is spent
-DEFAULT_NPROBES = "8,32,64,128,256"
+DEFAULT_NPROBES = "1,8,32,64,128,256"
 DEFAULT_EF_FACTORS = "1,2,4"
 
 
@@ -125,6 +125,17 @@ def rss_mb(field: str) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS, so the next build's RSS starts clean."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def index_bytes(index) -> int:
     """Size of the index as `faiss.write_index` writes it (what `ItemIndex.save` puts on disk)."""
     import faiss
@@ -153,11 +164,13 @@ def search_settings(index, nprobes: list[int], ef_factors: list[int]) -> list[tu
 
     ivf = faiss.try_extract_index_ivf(index.index)
     if ivf is not None:
+        built = ivf.nprobe  # what ItemIndex.build leaves (FAISS default 1): what serving would search with
+
         def nprobe(p):
             def apply(k):
                 ivf.nprobe = p
             return apply
-        return [(f"nprobe={p}", nprobe(p)) for p in nprobes if p <= ivf.nlist]
+        return [(f"nprobe={p}" + (" (as built)" if p == built else ""), nprobe(p)) for p in nprobes if p <= ivf.nlist]
     if hasattr(index.index, "hnsw"):
         default_ef = index.index.hnsw.efSearch
 
@@ -218,7 +231,7 @@ def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: 
             notes.append(f"{name}: skipped {factory}: {elapsed / 60:.1f} min spent of the {budget_s / 60:.0f} min budget")
             print("  " + notes[-1], flush=True)
             continue
-        gc.collect()
+        release_memory()
         hwm_reset = reset_peak_rss()
         rss_before = rss_mb("VmRSS")
         t = time.perf_counter()
@@ -240,6 +253,7 @@ def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: 
             print(f"  {factory:16s} {label:18s} build {build_s:7.1f}s  " +
                   "  ".join(f"k={k}: p50 {row[f'p50_ms@{k}']:.3f} ms, recall {row[f'recall@{k}']:.4f}" for k in ks),
                   flush=True)
+        apply = None  # the closures hold the index: drop them so it is freed before the next build
         peak = rss_mb("VmHWM")
         size = index_bytes(index.index)
         for row in rows:
@@ -249,7 +263,7 @@ def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: 
                 row["peak_rss_mib"] = peak if hwm_reset else None
                 row["process_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         del index
-        gc.collect()
+        release_memory()
     return rows, notes
 
 
