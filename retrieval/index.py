@@ -24,6 +24,9 @@ class IndexNotLoaded(ArtifactError):
     """The index directory is missing, unreadable, or inconsistent with its id list."""
 
 
+DEFAULT_NPROBE = 128  # IVF lists searched: FAISS's default of 1 gave recall@100 0.29 at 1M items
+
+
 class ItemIndex:
     """Item ids + a FAISS inner-product index over their embeddings."""
 
@@ -43,12 +46,17 @@ class ItemIndex:
         return self.index.ntotal
 
     @classmethod
-    def build(cls, embeddings: np.ndarray, item_ids: list[str], factory: str = "Flat") -> "ItemIndex":
+    def build(cls, embeddings: np.ndarray, item_ids: list[str], factory: str = "Flat",
+              nprobe: int = DEFAULT_NPROBE) -> "ItemIndex":
+        """``nprobe`` applies to IVF indexes (capped at their list count) and is saved with them."""
         emb = np.ascontiguousarray(embeddings, dtype="float32")
         index = faiss.index_factory(emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
             index.train(emb)
         index.add(emb)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.nprobe = max(1, min(nprobe, ivf.nlist))
         return cls(index, list(item_ids), factory)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,5 +109,7 @@ def build_and_probe(embeddings: np.ndarray, item_ids: list[str], factory: str = 
     rng = np.random.default_rng(seed)
     queries = embeddings[rng.choice(len(embeddings), size=min(probe_queries, len(embeddings)), replace=False)]
     recall = recall_vs_exact(index, embeddings, queries, k)
+    ivf = faiss.try_extract_index_ivf(index.index)
     return index, {"factory": factory, "items": len(index), "dim": index.dim,
+                   **({"nprobe": int(ivf.nprobe)} if ivf is not None else {}),
                    "build_seconds": round(build_s, 3), f"recall_at_{k}_vs_exact": round(recall, 4)}

@@ -117,3 +117,19 @@ def test_build_and_probe_flat_recall_is_exact(emb):
     assert isinstance(index, ItemIndex) and len(index) == len(emb)
     assert report["recall_at_100_vs_exact"] == 1.0
     assert report["factory"] == "Flat" and report["items"] == 2000 and report["dim"] == 16
+
+
+def test_ivf_searches_enough_lists_and_keeps_that_after_save_load(tmp_path):
+    """FAISS's default nprobe is 1; the index must search enough lists to be usable."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(50, 16))
+    emb = centres[rng.integers(0, 50, size=5000)] + 0.3 * rng.normal(size=(5000, 16))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype("float32")
+    ids = [f"i{i}" for i in range(5000)]
+    index, facts = build_and_probe(emb, ids, "IVF64,Flat", probe_queries=100, k=100)
+    assert facts["nprobe"] == 64 and facts["recall_at_100_vs_exact"] > 0.99
+    index.save(tmp_path)
+    loaded = ItemIndex.load(tmp_path)
+    assert faiss.extract_index_ivf(loaded.index).nprobe == 64
