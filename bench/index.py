@@ -13,9 +13,14 @@ because real item embeddings are clustered and uniform random vectors misjudge A
 user-like: a mixture of 1-3 cluster centres (picked by cluster size) plus noise, normalised; for
 real embeddings the centres come from spherical k-means on the items. Fixed seeds.
 
+Search settings per index: IVF nprobe as built (ItemIndex.build sets DEFAULT_NPROBE = 128) and
+1 to 256; HNSW efSearch = k (ItemIndex's automatic raise), 2k, 4k. `--hnsw-efc 40,100` also builds
+HNSW with a larger efConstruction (ItemIndex.build cannot set it; FAISS's default is 40). PQ
+factories and extra efConstruction builds are skipped once `--budget-min` has passed.
+
 Factories are separated by ';' (they contain commas); "{nlist}" becomes ~4*sqrt(n).
 
-    .venv/bin/python bench/index.py --sizes 100000,1000000 --out /tmp/index_bench.json
+    .venv/bin/python bench/index.py --sizes 100000,1000000 --hnsw-efc 40,100 --out /tmp/index_bench.json
     .venv/bin/python bench/index.py --embeddings var/models/retrieval/<version>/item_embeddings.npy
 """
 from __future__ import annotations
@@ -29,7 +34,9 @@ import platform
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +81,7 @@ def real_centres(emb: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     k = max(8, int(round(math.sqrt(len(emb)))))
     km = faiss.Kmeans(emb.shape[1], k, niter=20, spherical=True, seed=seed, verbose=False)
     km.train(emb)
+    assert km.centroids is not None
     _, assign = km.index.search(emb, 1)
     weights = np.bincount(assign.ravel(), minlength=k).astype("float64")
     return normalise(km.centroids), weights / weights.sum()
@@ -158,7 +166,7 @@ def single_query_latency(index, queries: np.ndarray, k: int, warmup: int) -> dic
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
 
-def search_settings(index, nprobes: list[int], ef_factors: list[int]) -> list[tuple[str, object]]:
+def search_settings(index: Any, nprobes: list[int], ef_factors: list[int]) -> list[tuple[str, Callable[[int], None]]]:
     """(label, apply(k)) per search-time setting worth reporting for this index type."""
     import faiss
 
@@ -183,7 +191,7 @@ def search_settings(index, nprobes: list[int], ef_factors: list[int]) -> list[tu
     return [("exact", lambda k: None)]
 
 
-def build_variants(factory: str, dim: int, ef_constructions: list[int]) -> list[tuple[str, object]]:
+def build_variants(factory: str, dim: int, ef_constructions: list[int]) -> list[tuple[str, Callable[..., Any]]]:
     """(label, build(emb, ids)) per index to build from one factory string.
 
     Always `ItemIndex.build` (what `shoprec index` does). For HNSW factories, each extra
@@ -194,7 +202,7 @@ def build_variants(factory: str, dim: int, ef_constructions: list[int]) -> list[
 
     from retrieval.index import ItemIndex
 
-    variants = [(factory, lambda emb, ids: ItemIndex.build(emb, ids, factory))]
+    variants: list[tuple[str, Callable[..., Any]]] = [(factory, lambda emb, ids: ItemIndex.build(emb, ids, factory))]
     probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if hasattr(probe, "hnsw") and faiss.try_extract_index_ivf(probe) is None:
         default = probe.hnsw.efConstruction
@@ -213,9 +221,32 @@ def build_variants(factory: str, dim: int, ef_constructions: list[int]) -> list[
 
 # --------------------------------------------------------------------------- the benchmark
 
+def measure_settings(index: Any, base: dict[str, Any], queries: np.ndarray, exact_max: np.ndarray,
+                     args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per search setting: recall@k (one batched search) and single-query p50/p99 per k.
+
+    A function of its own so the settings' closures, which hold the index, die on return.
+    """
+    rows = []
+    for label, apply in search_settings(index, args.nprobes, args.ef_factors):
+        row = {**base, "search": label}
+        for k in args.ks:
+            apply(k)
+            approx, _ = index.search(queries, k)
+            row[f"recall@{k}"] = round(recall(approx, exact_max[:, :k]), 4)
+            apply(k)
+            lat = single_query_latency(index, queries, k, args.warmup)
+            row[f"p50_ms@{k}"], row[f"p99_ms@{k}"] = lat["p50_ms"], lat["p99_ms"]
+        rows.append(row)
+        print(f"  {base['factory']:16s} {label:19s} build {base['build_s']:7.1f}s  " +
+              "  ".join(f"k={k}: p50 {row[f'p50_ms@{k}']:.3f} ms, recall {row[f'recall@{k}']:.4f}" for k in args.ks),
+              flush=True)
+    return rows
+
+
 def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: list[str], args: argparse.Namespace,
                     started: float) -> tuple[list[dict], list[str]]:
-    ks, warmup, budget_s = args.ks, args.warmup, args.budget_min * 60
+    ks, budget_s = args.ks, args.budget_min * 60
     n = len(emb)
     nlist = int(round(4 * math.sqrt(n)))
     t = time.perf_counter()
@@ -237,23 +268,10 @@ def bench_catalogue(name: str, emb: np.ndarray, queries: np.ndarray, factories: 
         t = time.perf_counter()
         index = build(emb, ids)
         build_s = time.perf_counter() - t
-        extra = {}
+        base: dict[str, Any] = {"catalogue": name, "items": n, "factory": factory, "build_s": round(build_s, 2)}
         if hasattr(index.index, "hnsw"):
-            extra = {"efConstruction": index.index.hnsw.efConstruction}
-        for label, apply in search_settings(index, args.nprobes, args.ef_factors):
-            row = {"catalogue": name, "items": n, "factory": factory, "search": label, "build_s": round(build_s, 2), **extra}
-            for k in ks:
-                apply(k)
-                approx, _ = index.search(queries, k)
-                row[f"recall@{k}"] = round(recall(approx, exact_max[:, :k]), 4)
-                apply(k)
-                lat = single_query_latency(index, queries, k, warmup)
-                row[f"p50_ms@{k}"], row[f"p99_ms@{k}"] = lat["p50_ms"], lat["p99_ms"]
-            rows.append(row)
-            print(f"  {factory:16s} {label:18s} build {build_s:7.1f}s  " +
-                  "  ".join(f"k={k}: p50 {row[f'p50_ms@{k}']:.3f} ms, recall {row[f'recall@{k}']:.4f}" for k in ks),
-                  flush=True)
-        apply = None  # the closures hold the index: drop them so it is freed before the next build
+            base["efConstruction"] = index.index.hnsw.efConstruction
+        rows += measure_settings(index, base, queries, exact_max, args)
         peak = rss_mb("VmHWM")
         size = index_bytes(index.index)
         for row in rows:
