@@ -172,7 +172,7 @@ def search_settings(index: Any, nprobes: list[int], ef_factors: list[int]) -> li
 
     ivf = faiss.try_extract_index_ivf(index.index)
     if ivf is not None:
-        built = ivf.nprobe  # what ItemIndex.build leaves (FAISS default 1): what serving would search with
+        built = ivf.nprobe  # what ItemIndex.build set (DEFAULT_NPROBE, capped at nlist): what serving searches with
 
         def nprobe(p):
             def apply(k):

@@ -101,10 +101,11 @@ def recall_vs_exact(index: ItemIndex, embeddings: np.ndarray, queries: np.ndarra
 
 
 def build_and_probe(embeddings: np.ndarray, item_ids: list[str], factory: str = "Flat",
-                    probe_queries: int = 200, k: int = 100, seed: int = 0) -> tuple[ItemIndex, dict]:
+                    probe_queries: int = 200, k: int = 100, seed: int = 0,
+                    nprobe: int = DEFAULT_NPROBE) -> tuple[ItemIndex, dict]:
     """Build the index and measure recall@k against exact search on the item embeddings themselves."""
     start = time.perf_counter()
-    index = ItemIndex.build(embeddings, item_ids, factory)
+    index = ItemIndex.build(embeddings, item_ids, factory, nprobe=nprobe)
     build_s = time.perf_counter() - start
     rng = np.random.default_rng(seed)
     queries = embeddings[rng.choice(len(embeddings), size=min(probe_queries, len(embeddings)), replace=False)]

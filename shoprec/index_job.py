@@ -29,12 +29,14 @@ class IndexSettings:
       factory: FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16, ...).
       min_recall: lowest acceptable recall@100 of the index against exact search.
       keep: index versions kept on disk (the live one always is).
+      nprobe: IVF lists searched per query; saved with the index (ignored by Flat/HNSW).
     """
 
     factory: str = "Flat"
     min_recall: float = 0.9
     keep: int = 5
     seed: int = 0
+    nprobe: int = 128  # IVF lists searched per query (1M items with k = 500 want 256)
 
 
 def embed_catalog(ws: Workspace, retrieval_dir) -> tuple[list[str], np.ndarray, int]:
@@ -85,7 +87,7 @@ def rebuild(ws: Workspace, settings: IndexSettings = IndexSettings()) -> tuple[s
     retrieval_version = s["retrieval"].current_version()
     retrieval_dir = s["retrieval"].current()
     ids, emb, new_items = embed_catalog(ws, retrieval_dir)
-    index, facts = build_and_probe(emb, ids, settings.factory, seed=settings.seed)
+    index, facts = build_and_probe(emb, ids, settings.factory, seed=settings.seed, nprobe=settings.nprobe)
     problems = []
     if len(index) != len(ids):
         problems.append(f"index holds {len(index)} items, the catalog {len(ids)}")

@@ -133,3 +133,15 @@ def test_ivf_searches_enough_lists_and_keeps_that_after_save_load(tmp_path):
     index.save(tmp_path)
     loaded = ItemIndex.load(tmp_path)
     assert faiss.extract_index_ivf(loaded.index).nprobe == 64
+
+
+def test_nprobe_is_a_setting_of_the_build(tmp_path):
+    import faiss
+
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(2000, 8)).astype("float32")
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index, facts = build_and_probe(emb, [f"i{i}" for i in range(2000)], "IVF32,Flat", probe_queries=20, nprobe=7)
+    assert facts["nprobe"] == 7
+    index.save(tmp_path)
+    assert faiss.extract_index_ivf(ItemIndex.load(tmp_path).index).nprobe == 7
