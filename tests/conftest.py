@@ -38,9 +38,8 @@ def recommender(trained_workspace):
     return Recommender(trained_workspace)
 
 
-@pytest.fixture(scope="session")
-def grpc_server(recommender):
-    """The real gRPC server on an ephemeral loopback port."""
+def serve(recommender):
+    """Start the real gRPC server on an ephemeral loopback port; yields it, stops it after."""
     from serving.server import start
 
     running = start(recommender, port=0)
@@ -48,10 +47,20 @@ def grpc_server(recommender):
     running.stop()
 
 
-@pytest.fixture()
-def client(grpc_server):
+def connect(running):
+    """A ready client of ``running``; yields it, closes it after."""
     from serving.client import RecommenderClient
 
-    with RecommenderClient(grpc_server.address) as c:
+    with RecommenderClient(running.address) as c:
         c.wait_ready()
         yield c
+
+
+@pytest.fixture(scope="session")
+def grpc_server(recommender):
+    yield from serve(recommender)
+
+
+@pytest.fixture()
+def client(grpc_server):
+    yield from connect(grpc_server)

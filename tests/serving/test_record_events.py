@@ -6,6 +6,7 @@ import shutil
 import grpc
 import pytest
 
+from conftest import connect, serve
 from feature_repo.workspace import Workspace
 
 pytestmark = pytest.mark.slow
@@ -15,22 +16,15 @@ pytestmark = pytest.mark.slow
 def private_server(trained_workspace, tmp_path_factory):
     """A server on a copy of the workspace: these tests write to its online store."""
     from serving.recommender import Recommender
-    from serving.server import start
 
     root = tmp_path_factory.mktemp("events") / "ws"
     shutil.copytree(trained_workspace.root, root)
-    running = start(Recommender(Workspace.at(root)), port=0)
-    yield running
-    running.stop()
+    yield from serve(Recommender(Workspace.at(root)))
 
 
 @pytest.fixture()
 def events_client(private_server):
-    from serving.client import RecommenderClient
-
-    with RecommenderClient(private_server.address) as c:
-        c.wait_ready()
-        yield c
+    yield from connect(private_server)
 
 
 def test_a_purchase_disappears_from_the_next_recommendation(events_client):
