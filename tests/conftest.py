@@ -38,8 +38,9 @@ def recommender(trained_workspace):
     return Recommender(trained_workspace)
 
 
-def serve(recommender):
-    """Start the real gRPC server on an ephemeral loopback port; yields it, stops it after."""
+@pytest.fixture(scope="session")
+def grpc_server(recommender):
+    """The real gRPC server on an ephemeral loopback port."""
     from serving.server import start
 
     running = start(recommender, port=0)
@@ -47,20 +48,10 @@ def serve(recommender):
     running.stop()
 
 
-def connect(running):
-    """A ready client of ``running``; yields it, closes it after."""
-    from serving.client import RecommenderClient
-
-    with RecommenderClient(running.address) as c:
-        c.wait_ready()
-        yield c
-
-
-@pytest.fixture(scope="session")
-def grpc_server(recommender):
-    yield from serve(recommender)
-
-
 @pytest.fixture()
 def client(grpc_server):
-    yield from connect(grpc_server)
+    from serving.client import RecommenderClient
+
+    with RecommenderClient(grpc_server.address) as c:
+        c.wait_ready()
+        yield c

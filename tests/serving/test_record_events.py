@@ -6,7 +6,6 @@ import shutil
 import grpc
 import pytest
 
-from conftest import connect, serve
 from feature_repo.workspace import Workspace
 
 pytestmark = pytest.mark.slow
@@ -16,15 +15,22 @@ pytestmark = pytest.mark.slow
 def private_server(trained_workspace, tmp_path_factory):
     """A server on a copy of the workspace: these tests write to its online store."""
     from serving.recommender import Recommender
+    from serving.server import start
 
     root = tmp_path_factory.mktemp("events") / "ws"
     shutil.copytree(trained_workspace.root, root)
-    yield from serve(Recommender(Workspace.at(root)))
+    running = start(Recommender(Workspace.at(root)), port=0)
+    yield running
+    running.stop()
 
 
 @pytest.fixture()
 def events_client(private_server):
-    yield from connect(private_server)
+    from serving.client import RecommenderClient
+
+    with RecommenderClient(private_server.address) as c:
+        c.wait_ready()
+        yield c
 
 
 def test_a_purchase_disappears_from_the_next_recommendation(events_client):
