@@ -3,7 +3,8 @@
 Numpy only: serving imports this module without TensorFlow-side training code. The user's
 features are the dict a Feast read of the ``ranking_user_v1`` service returns (one value per
 field); item features come from the in-memory ItemTable; ``retrieval_scores`` are the two-tower
-inner products of the candidates.
+inner products of the candidates; ``cooccurrence`` (optional) is the item-to-item model whose
+evidence between the user's recent items and each candidate becomes two cross features.
 """
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ FEATURE_NAMES = (
     "brand_share_recent",
     "seen_recently",
     "carted_recently",  # in the recent sequence as add_to_cart: strong intent
+    "item_log_views_7d",  # trend: what is hot this week
+    "item_log_purchases_7d",
+    "item_log_age_days",  # log1p(days since launch as of the item snapshot)
+    "cooc_recent",  # co-occurrence evidence between the recent items (recency-weighted) and the candidate
+    "cooc_last",  # ... and the single most recent item: "goes with what you just looked at"
 )
 
 
@@ -36,8 +42,20 @@ def _num(user: Mapping[str, Any], key: str) -> float:
     return float(v) if v is not None else 0.0
 
 
+def cooccurrence_scores(cooccurrence: Any, history: list[str], item_ids: np.ndarray) -> np.ndarray:
+    """[2, len(item_ids)]: evidence from the recent items and from the last one (0 = none)."""
+    out = np.zeros((2, len(item_ids)), dtype=np.float32)
+    if cooccurrence is None or not history:
+        return out
+    cols = np.array([cooccurrence.position.get(i, -1) for i in item_ids], dtype=np.int64)
+    known = cols >= 0
+    scores = cooccurrence.score_histories([history, history[-1:]])
+    out[:, known] = scores[:, cols[known]]
+    return np.log1p(np.maximum(out, 0.0))
+
+
 def rank_features(user: Mapping[str, Any], candidates: np.ndarray, retrieval_scores: np.ndarray,
-                  items: ItemTable) -> np.ndarray:
+                  items: ItemTable, cooccurrence: Any = None) -> np.ndarray:
     """[len(candidates), len(FEATURE_NAMES)] float32 matrix; ``candidates`` are ItemTable positions."""
     c = np.asarray(candidates, dtype=np.int64)
     n = len(c)
@@ -73,4 +91,9 @@ def rank_features(user: Mapping[str, Any], candidates: np.ndarray, retrieval_sco
     x[:, 11] = [brand_share.get(k, 0.0) for k in items.brand[c]]
     x[:, 12] = [i in seen for i in cand_ids]
     x[:, 13] = [i in carted for i in cand_ids]
+    x[:, 14] = np.log1p(items.n_view_7d[c])
+    x[:, 15] = np.log1p(items.n_purchase_7d[c])
+    created = items.created_epoch[c]
+    x[:, 16] = np.where(created > 0, np.log1p(np.maximum(items.as_of_epoch - created, 0.0) / 86400.0), 0.0)
+    x[:, 17:19] = cooccurrence_scores(cooccurrence, recent, cand_ids).T
     return x

@@ -172,8 +172,11 @@ class Recommender:
             retrieval = np.zeros(len(positions), dtype=np.float32)
 
         if personalized:
-            x = rank_features(user, positions, retrieval, items)
-            final = m.scorer.score(tf.constant(x)).numpy()
+            x = rank_features(user, positions, retrieval, items, m.cooccurrence)
+            types = (types + ["view"] * len(history))[: len(history)]  # aligned with the history
+            final = m.scorer.score(tf.constant(x), tf.constant(items.item_ids[positions].astype(str)),
+                                   tf.constant(np.asarray(history, dtype=str)),
+                                   tf.constant(np.asarray(types, dtype=str))).numpy()
         else:  # cold start: popularity order (the ranker has nothing personal to work with)
             final = 1.0 - np.arange(len(positions), dtype=np.float32) / len(positions)
         top = np.argsort(-final, kind="stable")[:k]

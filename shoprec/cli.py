@@ -77,12 +77,15 @@ def cmd_materialize(args: argparse.Namespace) -> None:
 def _training_config(args: argparse.Namespace):
     from shoprec.training import TrainingConfig
 
+    kinds = ("dcn", "lstm") if args.ranker in ("both", "best") else (args.ranker,)
     return TrainingConfig(holdout_days=args.holdout_days, retrieval_epochs=args.retrieval_epochs,
-                          ranking_epochs=args.ranking_epochs, index_factory=args.factory, seed=args.seed)
+                          ranking_epochs=args.ranking_epochs, index_factory=args.factory, seed=args.seed,
+                          ranking_kinds=kinds, ranking_serve="best" if args.ranker == "both" else args.ranker)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from shoprec import training
+    from shoprec.ranking_job import ranking_table
 
     ws, cfg = _ws(args), _training_config(args)
     if args.model in ("retrieval", "all"):
@@ -92,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"index {version}: {manifest['items']} items, {manifest['factory']}")
     if args.model in ("ranking", "all"):
         version, manifest = training.train_ranking(ws, cfg)
-        print(f"ranking {version}: {json.dumps(manifest['training'])}")
+        print(ranking_table(ws))
+        print(f"serving ranking {version} ({manifest['model']})")
 
 
 def cmd_index(args: argparse.Namespace) -> None:
@@ -141,18 +145,30 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     extra = {}
     models = set(args.models.split(","))
-    if "two_tower" in models:
+    unknown = models - {"popularity", "cooccurrence", "two_tower", "ranked"}
+    if unknown:
+        raise SystemExit(f"--models: unknown {sorted(unknown)}; choose from popularity, cooccurrence, two_tower, ranked")
+    if models & {"two_tower", "ranked"}:
         from retrieval.train import TrainSettings
-        from shoprec.evaluate_models import TwoTowerRecommender, load_items
+        from shoprec.evaluate_models import RankedPipeline, TwoTowerRecommender, load_items
 
         settings = TrainSettings(epochs=args.epochs, seed=args.seed)
-        extra["two_tower"] = TwoTowerRecommender(load_items(Path(args.dataset)), settings, factory=args.factory,
-                                                 seed=args.seed)
+        items = load_items(Path(args.dataset))
+    if "two_tower" in models:
+        extra["two_tower"] = TwoTowerRecommender(items, settings, factory=args.factory, seed=args.seed)
+    if "ranked" in models:
+        # One two-tower, one candidate merge, both rankers: the pipeline rows share a fit.
+        ranked = RankedPipeline(items, settings, factory=args.factory, epochs=args.ranking_epochs, seed=args.seed)
+        extra["pipeline, retrieval order"] = ranked.recommender(None)
+        extra["pipeline + dcn ranker"] = ranked.recommender("dcn")
+        extra["pipeline + lstm ranker"] = ranked.recommender("lstm")
     results = evaluate_dataset(Path(args.dataset), args.target, extra)
     for name in [m for m in ("popularity", "cooccurrence") if m not in models]:
         results["models"].pop(name, None)
     if "two_tower" in extra:
         results["two_tower_training"] = {k: v for k, v in extra["two_tower"].facts.items()}
+    if "ranked" in models:
+        results["pipeline_training"] = ranked.facts
     print(render_report(results, published=True))
     out = Path(args.out) if args.out else _ws(args).root / "evaluation" / f"{Path(args.dataset).name}-{args.target}.json"
     write_json(results, out)
@@ -190,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="last N days held out to report quality (0: train on everything)")
         sp.add_argument("--retrieval-epochs", type=int, default=10,
                         help="two-tower epochs at most (default 10; early stopping on validation ends sooner)")
-        sp.add_argument("--ranking-epochs", type=int, default=5, help="ranker epochs (default 5)")
+        sp.add_argument("--ranking-epochs", type=int, default=10,
+                        help="ranker epochs at most (default 10; early stopping on validation ends sooner)")
+        sp.add_argument("--ranker", default="both", choices=["both", "best", "dcn", "lstm"],
+                        help="rankers to train: both (default; the better on validation is served), "
+                             "dcn (feature-crossing MLP) or lstm (GRU over recent behaviour)")
         sp.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat, HNSW32, IVF64,Flat, ...")
 
     data_args(add("generate", cmd_generate, "generate the synthetic shop into the workspace"))
@@ -239,8 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an Amazon S3-Rec directory (e.g. ../shared/data/amazon_beauty), a workspace, or an events file")
     sp.add_argument("--target", default="test", choices=["test", "valid"],
                     help="tune on valid, report test (the protocol)")
-    sp.add_argument("--models", default="popularity,cooccurrence,two_tower",
-                    help="comma-separated: popularity, cooccurrence, two_tower")
+    sp.add_argument("--models", default="popularity,cooccurrence,two_tower,ranked",
+                    help="comma-separated: popularity, cooccurrence, two_tower (retrieval through FAISS), "
+                         "ranked (the deployable pipeline: FAISS + co-occurrence + popular candidates, "
+                         "retrieval order and each ranker)")
+    sp.add_argument("--ranking-epochs", type=int, default=10, help="ranker epochs at most (early stopping)")
     sp.add_argument("--epochs", type=int, default=30, help="two-tower epochs at most (early stopping)")
     sp.add_argument("--factory", default="Flat", help="FAISS index the two-tower retrieves through")
     sp.add_argument("--seed", type=int, default=0)

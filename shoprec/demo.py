@@ -56,9 +56,12 @@ def run_demo(ws: Workspace, preset: str = "default", seed: int = 0, cfg=None) ->
         _, manifest = training.build_index(ws, cfg)
         progress.say(f"{manifest['items']} items, {manifest['factory']}, recall@100 vs exact "
                      f"{manifest['recall_at_100_vs_exact']}")
-    with progress.step("train the ranking model"):
+    with progress.step("train the rankers (DCN and LSTM, click/cart/purchase heads)"):
+        from shoprec.ranking_job import ranking_table
+
         _, manifest = training.train_ranking(ws, cfg)
-        progress.say("ranker: " + json.dumps(manifest["training"]))
+        progress.say(ranking_table(ws))
+        progress.say(f"serving the {manifest['model']} ranker (better validation NDCG@10)")
 
     from serving.client import RecommenderClient
     from serving.recommender import Recommender

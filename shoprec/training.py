@@ -14,7 +14,6 @@ import pandas as pd
 
 from feature_repo.artifacts import ArtifactStore
 from feature_repo.data.features import collapse_sequence
-from feature_repo.data.item_table import ItemTable
 from feature_repo.store import open_store
 from feature_repo.workspace import Workspace
 from retrieval.metrics import ndcg_at_k, recall_at_k
@@ -38,13 +37,16 @@ class TrainingConfig:
     retrieval_activity: bool = True  # profile/activity features in the user tower
     # Views count as positives too: they are 80% of the signal and measurably help (docs/benchmarks.md).
     retrieval_positives: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
-    ranking_epochs: int = 5
+    ranking_epochs: int = 10  # upper bound: early stopping on the validation loss ends sooner
+    ranking_kinds: tuple[str, ...] = ("dcn", "lstm")  # rankers trained (and compared) by `train ranking`
+    ranking_serve: str = "best"  # the one published: a kind, or "best" by validation NDCG@10
+    ranking_negatives: int = 30  # sampled unclicked candidates kept per training request
+    ranking_history_len: int = 20  # recent steps the LSTM ranker reads
+    max_ranking_requests: int = 20_000  # visit days used to train the rankers
+    ranking_eval_requests: int = 3_000  # holdout visit days the rankers are evaluated on
     embedding_dim: int = 64  # 32 trains 1.6x faster but lost 5 points of holdout recall on tiny
     index_factory: str = "Flat"  # any FAISS factory string; Flat is exact
-    ranking_candidates: int = 100  # two-tower candidates per training purchase (serving retrieves more)
-    popular_candidates: int = 50  # popular items added as a second source, as in serving
-    ranking_label_days: int = 21  # purchases in the last N days before the holdout are the ranker's labels
-    max_ranking_examples: int = 20_000  # purchases used to train the ranker
+    ranking_label_days: int = 21  # visits in the last N days before the holdout are the rankers' labels
     seed: int = 0
     verbose: int = 2
 
@@ -172,102 +174,7 @@ def build_index(ws: Workspace, cfg: TrainingConfig = TrainingConfig()) -> tuple[
 
 
 def train_ranking(ws: Workspace, cfg: TrainingConfig = TrainingConfig()) -> tuple[str, dict[str, Any]]:
-    """Train the ranker on (purchase vs other retrieved candidates) from the live index.
+    """Train the rankers on funnel labels over the live retrieval's candidates (shoprec/ranking_job.py)."""
+    from shoprec.ranking_job import train_ranking as job
 
-    Candidates come from the exported user tower and the published index, i.e. exactly what
-    serving will hand the ranker; user features are point-in-time from Feast.
-    """
-    import tensorflow as tf
-
-    from feature_repo.data.features import RECENT_N, pad_sequences
-    from ranking.features import FEATURE_NAMES, rank_features
-    from ranking.train import export, train_ranker
-    from retrieval.index import ItemIndex
-    from retrieval.user_features import activity_matrix
-
-    s = stores(ws)
-    index_dir = s["index"].current()
-    index = ItemIndex.load(index_dir)
-    retrieval_dir = s["retrieval"].root / s["index"].manifest()["retrieval_version"]
-    user_tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
-    item_emb = np.load(index_dir / "item_embeddings.npy")  # row-aligned with the index
-
-    events = load_clean(ws, "events")
-    cutoff = cutoff_time(events, cfg.holdout_days)
-    # Labels come from a window after the item snapshot, so item popularity never counts the
-    # very purchases the ranker learns from.
-    label_start = cutoff - pd.Timedelta(days=cfg.ranking_label_days)
-    stats = pd.read_parquet(ws.features_dir / "item_stats.parquet")
-    items = ItemTable.from_stats(stats[stats["event_timestamp"] <= label_start])
-    popular = [items.item_ids[p] for p in items.most_popular(cfg.popular_candidates)]
-    buys = events[(events["timestamp"] >= label_start) & (events["timestamp"] < cutoff)
-                  & (events["event_type"] == "purchase")]
-    buys = buys[buys["item_id"].isin(items.position) & buys["item_id"].isin(index.position)]
-    if len(buys) > cfg.max_ranking_examples:
-        buys = buys.sample(cfg.max_ranking_examples, random_state=cfg.seed)
-    buys = buys.sort_values("timestamp").reset_index(drop=True)
-
-    entity = pd.DataFrame({"user_id": buys["user_id"].to_numpy(), "event_timestamp": buys["timestamp"].to_numpy(),
-                           "row": np.arange(len(buys))})
-    feats = _historical(ws, entity, open_store(ws).get_feature_service("ranking_user_v1"))
-    user_rows = [_clean_user(r) for r in feats.to_dict("records")]
-    hist = pad_sequences([r.get("recent_items") or [] for r in user_rows], RECENT_N)
-    user_emb = user_tower.embed(tf.constant(buys["user_id"].to_numpy().astype(str)), tf.constant(hist.astype(str)),
-                                tf.constant(activity_matrix(user_rows))).numpy()
-    cand_pos, _ = index.search(user_emb, cfg.ranking_candidates)
-
-    # Same candidate sources as serving: two-tower top-N, then popular items. Purchases that no
-    # source retrieved are left out: the ranker can only re-order what it is given.
-    xs, ys, groups = [], [], []
-    for row, (user, target) in enumerate(zip(user_rows, buys["item_id"])):
-        retrieved = [index.item_ids[p] for p in cand_pos[row] if p >= 0]
-        # Items launched after the snapshot have no features yet: they cannot be candidates then.
-        ids = [i for i in dict.fromkeys(retrieved + popular) if i in items.position]
-        if target not in ids:
-            continue
-        emb_rows = np.array([index.position[i] for i in ids])
-        scores = (item_emb[emb_rows] @ user_emb[row]).astype(np.float32)
-        positions = np.array([items.position[i] for i in ids])
-        xs.append(rank_features(user, positions, scores, items))
-        ys.append(np.array([i == target for i in ids], dtype=np.float32))
-        groups.append(np.full(len(ids), row))
-    if not xs:
-        raise RuntimeError("no training purchase was among the retrieved candidates; "
-                           "train retrieval first or widen ranking_candidates")
-    x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
-    val = g >= int(0.9 * len(buys))  # the latest 10% of purchases validate
-    model, facts = train_ranker(x[~val], y[~val], x[val], y[val], epochs=cfg.ranking_epochs,
-                                seed=cfg.seed, verbose=cfg.verbose)
-    ranked = model(x[val]).numpy()
-    facts["val_hr_at_10_ranker"] = round(_hit_rate(ranked, y[val], g[val], 10), 4)
-    facts["val_hr_at_10_retrieval_order"] = round(_hit_rate(x[val][:, 0], y[val], g[val], 10), 4)
-    facts["label_window"] = [str(label_start), str(cutoff)]
-    facts["purchases_retrieved"] = f"{len(xs)}/{len(buys)}"
-    with s["ranking"].build(kind="ranking", model="mlp", features=list(FEATURE_NAMES), cutoff=str(cutoff),
-                            index_version=s["index"].current_version(), training=facts,
-                            config=cfg.__dict__) as b:
-        export(model, b.path)
-    s["ranking"].publish(b.version)
-    return b.version, b.manifest
-
-
-def _clean_user(row: dict[str, Any]) -> dict[str, Any]:
-    """Feast's historical rows carry NaN for missing numbers and arrays for lists; normalise."""
-    out = {}
-    for k, v in row.items():
-        if isinstance(v, np.ndarray):
-            v = v.tolist()
-        elif isinstance(v, float) and np.isnan(v):
-            v = None
-        out[k] = v
-    return out
-
-
-def _hit_rate(scores: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int) -> float:
-    """Share of groups (one purchase each) whose purchased item is in the top k by ``scores``."""
-    hits = []
-    for grp in np.unique(groups):
-        m = groups == grp
-        order = np.argsort(-scores[m], kind="stable")[:k]
-        hits.append(float(y[m][order].max() > 0))
-    return float(np.mean(hits)) if hits else 0.0
+    return job(ws, cfg)

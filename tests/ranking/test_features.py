@@ -37,13 +37,13 @@ ALL = np.arange(5)
 
 def test_shape_and_dtype(items):
     x = rank_features(USER, ALL, np.linspace(1, 0, 5), items)
-    assert x.shape == (5, len(FEATURE_NAMES)) == (5, 14)
+    assert x.shape == (5, len(FEATURE_NAMES)) == (5, 19)
     assert x.dtype == np.float32
     assert np.isfinite(x).all()
     np.testing.assert_allclose(x[:, COL["retrieval_score"]], np.linspace(1, 0, 5))
     # candidate order follows the positions passed in
     y = rank_features(USER, np.array([4, 0]), np.zeros(2), items)
-    np.testing.assert_array_equal(y, x[[4, 0]] * np.r_[0, np.ones(13)].astype(np.float32))
+    np.testing.assert_array_equal(y, x[[4, 0]] * np.r_[0, np.ones(18)].astype(np.float32))
 
 
 def test_recent_behaviour_features(items):
@@ -97,3 +97,33 @@ def test_cold_user(items, user):
 def test_empty_candidates(items):
     x = rank_features(USER, np.array([], dtype=np.int64), np.array([], dtype=np.float32), items)
     assert x.shape == (0, len(FEATURE_NAMES))
+
+
+def test_cooccurrence_cross_features(items):
+    """Evidence between the recent items and a candidate, and with the last item alone."""
+    from retrieval.cooccurrence import CooccurrenceModel
+
+    # C is always followed by D; A by E.
+    cooc = CooccurrenceModel.fit([["C", "D"], ["C", "D"], ["A", "E"], ["B", "A"]], item_ids=list(items.item_ids))
+    x = rank_features(USER, ALL, np.zeros(5), items, cooc)  # recent: A, B, C, X (X unknown: ignored)
+    recent, last = x[:, COL["cooc_recent"]], x[:, COL["cooc_last"]]
+    assert recent[3] > 0 and recent[4] > 0  # D goes with C, E with A
+    assert last.tolist() == [0, 0, 0, 0, 0]  # the last item X has no evidence
+    user = {**USER, "recent_items": ["A", "B", "C"]}
+    last = rank_features(user, ALL, np.zeros(5), items, cooc)[:, COL["cooc_last"]]
+    assert last[3] > 0 and last[4] == 0  # only C's neighbour
+    assert np.all(rank_features(USER, ALL, np.zeros(5), items)[:, [COL["cooc_recent"], COL["cooc_last"]]] == 0)
+
+
+def test_trend_and_age_features():
+    table = ItemTable(item_ids=np.array(["A", "B"], dtype=object), category=np.array(["c", "c"], dtype=object),
+                      brand=np.array(["b", "b"], dtype=object), price=np.array([1.0, 2.0]),
+                      n_view=np.array([10.0, 10.0]), n_purchase=np.array([1.0, 1.0]),
+                      conversion_rate=np.array([0.1, 0.1]), n_view_7d=np.array([7.0, 0.0]),
+                      n_purchase_7d=np.array([3.0, 0.0]), created_epoch=np.array([0.0, 86400.0 * 10]),
+                      as_of_epoch=86400.0 * 12)
+    x = rank_features(USER, np.arange(2), np.zeros(2), table)
+    np.testing.assert_allclose(x[:, COL["item_log_views_7d"]], np.log1p([7.0, 0.0]), rtol=1e-6)
+    np.testing.assert_allclose(x[:, COL["item_log_purchases_7d"]], np.log1p([3.0, 0.0]), rtol=1e-6)
+    # B launched 2 days before the snapshot; A has no launch time (0): age feature 0
+    np.testing.assert_allclose(x[:, COL["item_log_age_days"]], [0.0, np.log1p(2.0)], rtol=1e-6)
