@@ -272,3 +272,27 @@ def test_popularity_reproduces_published_poprec_on_beauty():
                          (.0080, .0044, .0152, .0068, .0217, .0084)))
     assert {k: round(r["models"]["all"]["metrics"][k], 4) for k in published} == published
     assert r["models"]["pop"]["seconds"]["total"] < 30
+
+
+@pytest.mark.slow
+def test_ranked_pipeline_trains_retrieval_once_and_reranks_better(trained_workspace):
+    """The deployable pipeline on the tiny shop's sequences: one two-tower for all three rows,
+    candidates only (everything else -inf), and re-ranking beats the retrieval order there
+    (measured: HR@10 .28 DCN / .28 LSTM vs .24 retrieval order with 3 epochs)."""
+    from retrieval.train import TrainSettings
+    from shoprec.evaluate_models import RankedPipeline, load_items
+
+    split = load_split(trained_workspace.root)
+    ranked = RankedPipeline(load_items(trained_workspace.root), TrainSettings(epochs=3, seed=0), verbose=0)
+    fits = []
+    original = ranked.retrieval.fit
+    ranked.retrieval.fit = lambda view: (fits.append(view), original(view))[1]
+    recs = {"retrieval order": ranked.recommender(None), "dcn": ranked.recommender("dcn"),
+            "lstm": ranked.recommender("lstm")}
+    results = evaluate(split, recs, "test")
+    assert len(fits) == 1
+    hr = {name: r["metrics"]["HR@10"] for name, r in results["models"].items()}
+    assert hr["dcn"] > hr["retrieval order"] and hr["lstm"] > hr["retrieval order"], hr
+    scores = recs["dcn"].score_batch(split.user_ids[:5], split.view("test").sequences[:5])
+    shown = np.isfinite(scores).sum(axis=1)
+    assert (shown > 10).all() and (shown <= 200 + 50 + 30).all()
