@@ -20,7 +20,8 @@ SOURCES = ("two_tower", "cooccurrence", "trending", "new", "popular")
 
 @dataclass(frozen=True)
 class Quotas:
-    """Candidates per source and request (documented defaults; 310 at most in total)."""
+    """Candidates per source and request (documented defaults; 310 at most in total, 390 with a
+    cart or a viewed item in the request context)."""
 
     two_tower: int = 200
     cooccurrence: int = 50
@@ -28,6 +29,8 @@ class Quotas:
     new: int = 10
     popular: int = 30
     new_item_days: float = 14.0  # "new" = launched within this many days of the data's now
+    context: int = 50  # co-occurrence neighbours of the cart's and the viewed item
+    similar: int = 30  # embedding neighbours of the viewed item (product pages)
 
 
 class CandidateSources:

@@ -18,10 +18,22 @@ class RecommenderClient:
         self.timeout = timeout
 
     def recommend(self, user_id: str, k: int = 10, exclude: list[str] | None = None, category: str = "",
-                  surface: str = "") -> pb.RecommendResponse:
+                  surface: str = "", cart: list[str] | None = None, viewed: str = "",
+                  session: list[str] | None = None, max_price: float = 0.0) -> pb.RecommendResponse:
+        """Top-k for a user; the keyword arguments are the request context (see docs/api.md)."""
         request = pb.RecommendRequest(user_id=user_id, k=k, context=pb.Context(
-            surface=surface, exclude_item_ids=exclude or [], category=category))
+            surface=surface, exclude_item_ids=exclude or [], category=category, cart_item_ids=cart or [],
+            viewed_item_id=viewed, session_item_ids=session or [], max_price=max_price))
         return self.stub.Recommend(request, timeout=self.timeout)
+
+    def similar_items(self, item_id: str, k: int = 10, exclude: list[str] | None = None,
+                      same_category: bool = False) -> pb.RecommendResponse:
+        return self.stub.SimilarItems(pb.SimilarItemsRequest(item_id=item_id, k=k, exclude_item_ids=exclude or [],
+                                                             same_category=same_category), timeout=self.timeout)
+
+    def cart_recommendations(self, item_ids: list[str], k: int = 10, user_id: str = "") -> pb.RecommendResponse:
+        return self.stub.CartRecommendations(pb.CartRequest(item_ids=item_ids, k=k, user_id=user_id),
+                                             timeout=self.timeout)
 
     def record_events(self, events: list[dict]) -> pb.RecordEventsResponse:
         """``events``: dicts with user_id, item_id, event_type and optional timestamp, price."""

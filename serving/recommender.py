@@ -1,14 +1,22 @@
-"""The request pipeline: one user in, k ranked items with scores, sources and reasons out.
+"""The request pipeline: one user (and what the shop knows right now) in, k ranked items out.
 
-Per request: ONE Feast online read for the user → user tower (exported tf.function) → FAISS
-top-N, plus popular items as a second candidate source → filters (already bought, excluded,
-category) → ranker over [user, item, cross] features (item features from memory) → top-k.
-A user with no known history gets popular items; an unreachable feature store degrades to that
-same path with ``degraded=True`` instead of failing the request.
+Per request: ONE Feast online read for the user; the request context (session items, cart,
+viewed item) extends the history → user tower (exported tf.function) → candidates from FAISS,
+co-occurrence, the context's complements and similar items, trending, new and popular →
+filters (bought unless a repeat-purchase item, in the cart, excluded, unavailable, category,
+price) → ranker heads over [user, item, cross] features (item features from memory) → page
+rules (serving/rules.py) → k items with scores, sources and reasons.
+
+Cold start: a user with neither stored history nor context gets popular items; with a cart or
+a viewed item the context alone drives retrieval and ranking. An unreachable feature store
+degrades to the context/popular path with ``degraded=True`` instead of failing the request.
+Models, index and item features are reloaded when a new version is published (``watch``).
 """
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +32,8 @@ from retrieval.cooccurrence import CooccurrenceModel
 from retrieval.index import ItemIndex
 from retrieval.user_features import activity_vector
 from serving.candidates import CandidateSources, Quotas
-from serving.errors import ModelNotLoaded
+from serving.errors import ModelNotLoaded, UnknownItem
+from serving.rules import Rules, pick_page
 
 log = logging.getLogger(__name__)
 USER_FEATURE_SERVICE = "ranking_user_v1"
@@ -40,6 +49,7 @@ class Recommendation:
     category: str
     brand: str
     price: float
+    heads: tuple[float, float, float] = (0.0, 0.0, 0.0)  # P(click), P(cart), P(purchase); 0 if not ranked
 
 
 @dataclass
@@ -65,25 +75,35 @@ class Models:
     item_to_index: np.ndarray  # ItemTable position → index position (-1 if not indexed)
     popular: np.ndarray  # ItemTable positions, most popular first
     cooccurrence: Any = None  # item-to-item model built with the index (None: not available)
+    item_tower: Any = None  # content embedding of items the index does not hold yet
+    head_weights: np.ndarray = field(default_factory=lambda: np.array([0.1, 0.2, 0.7], np.float32))
+    head_index: tuple[int, int, int] = (0, 1, 2)  # columns of click, cart, purchase in the heads (-1: none)
+    repeat_rate: np.ndarray | None = None  # per ItemTable position
+    available: np.ndarray | None = None  # per ItemTable position: in the catalog and not marked unavailable
+    fingerprint: tuple = ()  # what was loaded; a different one on disk means reload
 
     @classmethod
     def load(cls, ws: Workspace) -> "Models":
         import tensorflow as tf
 
+        fingerprint = disk_fingerprint(ws)
         try:
             index_store = ArtifactStore(ws.models_dir / "index")
             ranking_store = ArtifactStore(ws.models_dir / "ranking")
             index_version = index_store.current_version()
             retrieval_version = index_store.manifest(index_version)["retrieval_version"]
             retrieval_dir = ws.models_dir / "retrieval" / retrieval_version
-            index = ItemIndex.load(index_store.current())
-            ranking_dir = ranking_store.current()
-            if ranking_store.manifest()["features"] != list(FEATURE_NAMES):
-                raise ModelNotLoaded(f"ranking model {ranking_dir.name} was trained on other features "
-                                     f"than this server computes; retrain it with `shoprec train`.")
+            index_dir = index_store.root / index_version
+            index = ItemIndex.load(index_dir)
+            ranking_version = ranking_store.current_version()
+            ranking_manifest = ranking_store.manifest(ranking_version)
+            if ranking_manifest["features"] != list(FEATURE_NAMES) or "spec" not in ranking_manifest:
+                raise ModelNotLoaded(f"ranking model {ranking_version} was trained on other features "
+                                     f"than this server computes; retrain it with `shoprec train ranking`.")
             user_tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
-            scorer = tf.saved_model.load(str(ranking_dir / "scorer"))
-            item_embeddings = np.load(index_store.current() / "item_embeddings.npy")  # aligned with the index
+            item_tower = tf.saved_model.load(str(retrieval_dir / "item_tower"))
+            scorer = tf.saved_model.load(str(ranking_store.root / ranking_version / "scorer"))
+            item_embeddings = np.load(index_dir / "item_embeddings.npy")  # aligned with the index
         except ModelNotLoaded:
             raise
         except Exception as e:  # any missing or broken artifact: say what to run
@@ -91,12 +111,68 @@ class Models:
                                  f"and `shoprec index` (or `shoprec demo`) first.") from e
         items = ItemTable.load(ws.features_dir)
         index_to_item = np.array([items.position.get(i, -1) for i in index.item_ids], dtype=np.int64)
-        versions = {"retrieval": retrieval_version, "index": index_version, "ranking": ranking_dir.name}
-        cooc_dir = index_store.current() / "cooccurrence"
+        versions = {"retrieval": retrieval_version, "index": index_version, "ranking": ranking_version}
+        cooc_dir = index_dir / "cooccurrence"
         cooccurrence = CooccurrenceModel.load(cooc_dir) if cooc_dir.exists() else None
         item_to_index = np.array([index.position.get(i, -1) for i in items.item_ids], dtype=np.int64)
+        spec = ranking_manifest["spec"]
+        tasks = list(spec["tasks"])
+        weights = np.array([spec["task_weights"][t] for t in tasks], dtype=np.float32)
+        head_index = tuple(tasks.index(t) if t in tasks else -1 for t in ("click", "add_to_cart", "purchase"))
+        repeat_file = index_dir / "repeat_purchase.json"
+        rates = json.loads(repeat_file.read_text()) if repeat_file.exists() else {}
+        repeat_rate = np.array([rates.get(i, 0.0) for i in items.item_ids], dtype=np.float32)
         return cls(versions, user_tower, index, item_embeddings, scorer, items, index_to_item, item_to_index,
-                   items.most_popular(len(items)), cooccurrence)
+                   items.most_popular(len(items)), cooccurrence, item_tower, weights, head_index, repeat_rate,
+                   catalog_availability(ws, items), fingerprint)
+
+
+def disk_fingerprint(ws: Workspace) -> tuple:
+    """Live index and ranking versions plus the feature and catalog files' change times."""
+    out = []
+    for kind in ("index", "ranking"):
+        try:
+            out.append(ArtifactStore(ws.models_dir / kind).current_version())
+        except Exception:  # noqa: BLE001 - nothing published yet: Models.load says what to run
+            out.append(None)
+    for path in (ws.features_dir / "item_stats.parquet", ws.clean_dir / "items.parquet"):
+        out.append(path.stat().st_mtime_ns if path.exists() else None)
+    return tuple(out)
+
+
+def catalog_availability(ws: Workspace, items: ItemTable) -> np.ndarray:
+    """True for items in the clean catalog, unless its optional ``available`` column says False."""
+    path = ws.clean_dir / "items.parquet"
+    if not path.exists():
+        return np.ones(len(items), dtype=bool)
+    import pandas as pd
+
+    catalog = pd.read_parquet(path)
+    keep = catalog["item_id"].astype(str)
+    if "available" in catalog:
+        keep = keep[catalog["available"].fillna(True).astype(bool).to_numpy()]
+    return np.isin(items.item_ids.astype(str), keep.to_numpy(dtype=str))
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the shop knows at request time (see Context in serving/proto/recommender.proto)."""
+
+    surface: str = ""
+    exclude: tuple[str, ...] = ()
+    category: str = ""
+    cart: tuple[str, ...] = ()
+    viewed: str = ""
+    session: tuple[str, ...] = ()  # this session's items not yet recorded, oldest first
+    max_price: float = 0.0
+
+
+@dataclass
+class _Live:
+    """One consistent set of loaded models and the candidate sources built on them."""
+
+    models: Models
+    sources: CandidateSources
 
 
 class Recommender:
@@ -107,27 +183,79 @@ class Recommender:
       quotas: candidates per source (serving/candidates.py) before filtering and ranking.
       feature_store: a Feast FeatureStore; opened from the workspace when omitted.
       store_retry_seconds: how long a failed online store is skipped before it is tried again.
+      rules: page rules (serving/rules.py).
     """
 
     def __init__(self, ws: Workspace, quotas: Quotas = Quotas(), feature_store=None,
-                 store_retry_seconds: float = 5.0):
+                 store_retry_seconds: float = 5.0, rules: Rules = Rules()):
         from feature_repo.store import open_store
 
         self.ws = ws
         self.quotas = quotas
+        self.rules = rules
         # After a failed read the store is skipped for this long, so that an outage costs one
         # slow request (client retries/timeouts) instead of every request.
         self.store_retry_seconds = store_retry_seconds
         self._store_down_until = 0.0
-        self.models = Models.load(ws)
-        m = self.models
-        self.sources = CandidateSources(m.items, m.index, m.index_to_item, m.cooccurrence, quotas)
+        self._live = self._build(Models.load(ws))
+        self._reload_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
         self.store = feature_store or open_store(ws)
         self.feature_service = self.store.get_feature_service(USER_FEATURE_SERVICE)
         self.recommend("warm-up", 10)  # first Feast read and first tf.function call are slow
 
+    @property
+    def models(self) -> Models:
+        return self._live.models
+
+    def _build(self, models: Models) -> _Live:
+        return _Live(models, CandidateSources(models.items, models.index, models.index_to_item,
+                                              models.cooccurrence, self.quotas))
+
+    # -- hot reload ---------------------------------------------------------------------------
+
+    def reload_if_changed(self) -> bool:
+        """Load and swap in newly published models/index/item features; True if it swapped.
+
+        Requests in flight keep the set they started with (one reference read per request), so
+        a swap never fails a request. A broken new version is logged and the old one stays live.
+        """
+        with self._reload_lock:
+            if disk_fingerprint(self.ws) == self.models.fingerprint:
+                return False
+            try:
+                live = self._build(Models.load(self.ws))
+                self._recommend(live, "warm-up", 10, RequestContext())  # trace the new tf.functions first
+            except Exception:  # noqa: BLE001 - keep serving the old version, loudly
+                log.exception("reload failed; still serving %s", self.models.versions)
+                return False
+            old = self.models.versions
+            self._live = live
+            log.info("reloaded: %s -> %s", old, live.models.versions)
+            return True
+
+    def watch(self, interval_seconds: float) -> None:
+        """Check for new versions every ``interval_seconds`` in a daemon thread (0: never)."""
+        if interval_seconds <= 0 or self._watcher is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_seconds):
+                self.reload_if_changed()
+
+        self._watcher = threading.Thread(target=loop, name="shoprec-reload", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- features -----------------------------------------------------------------------------
+
     def user_features(self, user_id: str) -> tuple[dict[str, Any], bool]:
         """The user's online features (one read) and whether the store failed."""
+        if not user_id:
+            return {}, False
         if time.monotonic() < self._store_down_until:
             return {}, True
         try:
@@ -139,62 +267,201 @@ class Recommender:
             return {}, True
         return {k: v[0] for k, v in row.items() if k != "user_id"}, False
 
-    def recommend(self, user_id: str, k: int, exclude: tuple[str, ...] = (), category: str = "") -> RecommendResult:
+    # -- RPCs ---------------------------------------------------------------------------------
+
+    def recommend(self, user_id: str, k: int, context: RequestContext | None = None, *,
+                  exclude: tuple[str, ...] = (), category: str = "") -> RecommendResult:
+        """Top-k for a user in a context (``exclude``/``category``: shorthands for the context's)."""
+        context = context or RequestContext(exclude=tuple(exclude), category=category)
+        return self._recommend(self._live, user_id, k, context)
+
+    def cart(self, item_ids: list[str], k: int, user_id: str = "") -> RecommendResult:
+        """Complements of a cart: the cart surface of ``recommend``, other categories first."""
+        m = self.models
+        known = [i for i in item_ids if i in m.items.position]
+        if not known:
+            raise UnknownItem(f"item_ids: none of {item_ids[:5]}{'...' if len(item_ids) > 5 else ''} is in the "
+                              "catalog; send catalog item ids (the cart's contents).")
+        return self._recommend(self._live, user_id, k, RequestContext(surface="cart", cart=tuple(known)))
+
+    def similar_items(self, item_id: str, k: int, exclude: tuple[str, ...] = (),
+                      same_category: bool = False) -> RecommendResult:
+        """Nearest items in the two-tower space; a new item is embedded from its content."""
+        live = self._live
+        m = live.models
+        pos = m.items.position.get(item_id)
+        if pos is None:
+            raise UnknownItem(f"item_id: {item_id!r} is not in the catalog; after adding items run "
+                              "`shoprec features` (and `shoprec index rebuild` to index them).")
+        blocked = set(exclude) | {item_id}
+        want = k + len(blocked)
+        if same_category:
+            want = max(want, 5 * k)
+        hits = self._neighbours(m, pos, want + 10)
+        out = []
+        for p, sim in hits:
+            if len(out) == k:
+                break
+            if m.items.item_ids[p] in blocked or not self._available(m, p):
+                continue
+            if same_category and m.items.category[p] != m.items.category[pos]:
+                continue
+            out.append(self._item(m, p, sim, sim, ["similar"], "similar"))
+        return RecommendResult(item_id, out, False, False, m.versions)
+
+    # -- pipeline -----------------------------------------------------------------------------
+
+    def _neighbours(self, m: Models, pos: int, n: int) -> list[tuple[int, float]]:
+        """ItemTable positions of the ``n`` nearest indexed items to item ``pos`` (itself included)."""
+        vec = self._item_vector(m, pos)
+        found, sims = m.index.search(vec[None, :].astype(np.float32), min(n, len(m.index)))
+        return [(int(m.index_to_item[i]), float(s)) for i, s in zip(found[0], sims[0])
+                if i >= 0 and m.index_to_item[i] >= 0]
+
+    def _item_vector(self, m: Models, pos: int) -> np.ndarray:
         import tensorflow as tf
 
-        m = self.models
+        row = m.item_to_index[pos]
+        if row >= 0:
+            return m.item_embeddings[row]
+        it = m.items
+        attrs = list(it.attributes[pos]) if it.attributes is not None and it.attributes[pos] is not None else []
+        bucket = int(it.price_bucket[pos]) if it.price_bucket is not None else 0
+        return m.item_tower.embed_content(
+            tf.constant([str(it.item_ids[pos])]), tf.constant([str(it.category[pos])]),
+            tf.constant([str(it.brand[pos])]), tf.constant([bucket], tf.int64),
+            tf.constant([[str(a) for a in attrs] or [""]])).numpy()[0]
+
+    @staticmethod
+    def _available(m: Models, p: int) -> bool:
+        return m.available is None or bool(m.available[p])
+
+    def _recommend(self, live: _Live, user_id: str, k: int, ctx: RequestContext) -> RecommendResult:
+        import tensorflow as tf
+
+        m, items = live.models, live.models.items
         user, degraded = self.user_features(user_id)
-        history = list(user.get("recent_items") or [])
-        types = list(user.get("recent_event_types") or [])
-        personalized = bool(history)
-        blocked = set(exclude) | {i for i, t in zip(history, types) if t == "purchase"}
+        stored = list(user.get("recent_items") or [])
+        stored_types = list(user.get("recent_event_types") or [])
+        stored_types = (stored_types + ["view"] * len(stored))[: len(stored)]
+        # The request's context is the freshest behaviour: session views, then the cart, then
+        # the product being viewed (the most recent step).
+        extra = [(i, "view") for i in ctx.session] + [(i, "add_to_cart") for i in ctx.cart]
+        if ctx.viewed:
+            extra.append((ctx.viewed, "view"))
+        extra = [(i, t) for i, t in extra if i in items.position]
+        history = (stored + [i for i, _ in extra])[-RECENT_N:]
+        types = (stored_types + [t for _, t in extra])[-RECENT_N:]
+        personalized = bool(stored)
+        bought = {i for i, t in zip(stored, stored_types) if t == "purchase"}
+        repeatable = {i for i in bought if i in items.position
+                      and m.repeat_rate is not None and m.repeat_rate[items.position[i]] >= self.rules.repeat_purchase_rate}
+        blocked = set(ctx.exclude) | set(ctx.cart) | (bought - repeatable)
+        if ctx.viewed:
+            blocked.add(ctx.viewed)
 
         user_emb = None
-        if personalized:
-            user_emb = m.user_tower.embed(tf.constant([user_id]),
+        if history:
+            user_emb = m.user_tower.embed(tf.constant([user_id or "anonymous"]),
                                           tf.constant(pad_sequences([history], RECENT_N).astype(str)),
                                           tf.constant(activity_vector(user)[None])).numpy()
-        cand = self.sources.gather(user_emb, history)  # ItemTable position → source names
+        cand = live.sources.gather(user_emb, history)  # ItemTable position → source names
+        self._add_context_candidates(m, cand, ctx)
 
-        items = m.items
-        keep = [p for p in cand if items.item_ids[p] not in blocked and (not category or items.category[p] == category)]
-        if category and len(keep) < k:  # a category filter must still fill the page
-            extra = [p for p in m.popular if items.category[p] == category and items.item_ids[p] not in blocked]
-            keep += [p for p in extra if p not in cand][: k - len(keep)]
+        def allowed(p: int) -> bool:
+            return (items.item_ids[p] not in blocked and self._available(m, p)
+                    and (not ctx.category or items.category[p] == ctx.category)
+                    and (ctx.max_price <= 0 or items.price[p] <= ctx.max_price))
+
+        keep = [p for p in cand if allowed(p)]
+        if len(keep) < k:  # filters must still fill the page: popular items that pass them
+            seen = set(cand)
+            keep += [int(p) for p in m.popular if p not in seen and allowed(p)][: k - len(keep)]
         if not keep:
             return RecommendResult(user_id, [], personalized, degraded, m.versions)
         positions = np.array(keep, dtype=np.int64)
+        retrieval = np.zeros(len(positions), dtype=np.float32)
         if user_emb is not None:
             index_pos = m.item_to_index[positions]
-            retrieval = np.where(index_pos >= 0, m.item_embeddings[np.maximum(index_pos, 0)] @ user_emb[0], 0.0)
-            retrieval = retrieval.astype(np.float32)
-        else:
-            retrieval = np.zeros(len(positions), dtype=np.float32)
+            retrieval = np.where(index_pos >= 0, m.item_embeddings[np.maximum(index_pos, 0)] @ user_emb[0],
+                                 0.0).astype(np.float32)
 
-        if personalized:
+        heads = np.zeros((len(positions), 3), dtype=np.float32)
+        if history:
             x = rank_features(user, positions, retrieval, items, m.cooccurrence)
-            types = (types + ["view"] * len(history))[: len(history)]  # aligned with the history
-            final = m.scorer.score(tf.constant(x), tf.constant(items.item_ids[positions].astype(str)),
-                                   tf.constant(np.asarray(history, dtype=str)),
-                                   tf.constant(np.asarray(types, dtype=str))).numpy()
-        else:  # cold start: popularity order (the ranker has nothing personal to work with)
+            probs = m.scorer.score_heads(tf.constant(x), tf.constant(items.item_ids[positions].astype(str)),
+                                         tf.constant(np.asarray(history, dtype=str)),
+                                         tf.constant(np.asarray(types, dtype=str))).numpy()
+            final = probs @ m.head_weights
+            for col, src in enumerate(m.head_index):
+                if src >= 0:
+                    heads[:, col] = probs[:, src]
+        else:  # cold start without context: popularity order (nothing personal to rank with)
             final = 1.0 - np.arange(len(positions), dtype=np.float32) / len(positions)
-        top = np.argsort(-final, kind="stable")[:k]
+
+        order = [int(i) for i in np.argsort(-final, kind="stable")]
         recent_cats = {items.category[p] for p in items.positions(history)}
+        new_cut = items.as_of_epoch - self.quotas.new_item_days * 86400
+        cart_cats = {items.category[items.position[i]] for i in ctx.cart if i in items.position}
+        if ctx.surface == "cart" and cart_cats:
+            # Complements first: items from the cart's own categories go after the others.
+            order.sort(key=lambda i: items.category[positions[i]] in cart_cats)
+        page, slots = pick_page(
+            order, k, lambda i: items.category[positions[i]], self.rules if not ctx.category else
+            Rules(1.0, 0, self.rules.new_item_slots, self.rules.repeat_purchase_rate),
+            other_category=(lambda i: items.category[positions[i]] not in recent_cats) if recent_cats else None,
+            is_new=lambda i: items.created_epoch[positions[i]] >= new_cut > 0)
         out = []
-        for t in top:
-            p = int(positions[t])
+        for i in page:
+            p = int(positions[i])
             sources = cand.get(p, ["popular"])
-            out.append(Recommendation(items.item_ids[p], float(final[t]), float(retrieval[t]), "+".join(sources),
-                                      _reason(sources, items.category[p] in recent_cats),
-                                      items.category[p], items.brand[p], float(items.price[p])))
+            reason = slots.get(i) or _reason(sources, items.category[p] in recent_cats)
+            out.append(self._item(m, p, float(final[i]), float(retrieval[i]), sources, reason, tuple(heads[i])))
         return RecommendResult(user_id, out, personalized, degraded, m.versions)
+
+    def _add_context_candidates(self, m: Models, cand: dict[int, list[str]], ctx: RequestContext) -> None:
+        """Complements of the cart and the viewed item, and items similar to the viewed one."""
+        q = self.quotas
+        items = m.items
+
+        def add(positions, source: str) -> None:
+            for p in positions:
+                cand.setdefault(int(p), []).append(source)
+
+        if m.cooccurrence is not None and q.context:
+            cart = [i for i in ctx.cart if i in items.position]
+            if cart:
+                # Complements come from other categories (a case for a phone, not a second phone):
+                # look deeper and keep those first.
+                cart_cats = {items.category[items.position[i]] for i in cart}
+                recs = [items.position[i] for i, _ in m.cooccurrence.recommend(cart, 4 * q.context)
+                        if i in items.position]
+                recs.sort(key=lambda p: items.category[p] in cart_cats)  # stable: score order kept within
+                add(recs[: q.context], "cart")
+            if ctx.viewed in items.position:
+                recs = m.cooccurrence.recommend([ctx.viewed], q.context)
+                add((items.position[i] for i, _ in recs if i in items.position), "viewed")
+        if ctx.viewed in items.position and q.similar:
+            add((p for p, _ in self._neighbours(m, items.position[ctx.viewed], q.similar + 1)), "similar")
+
+    @staticmethod
+    def _item(m: Models, p: int, score: float, retrieval: float, sources: list[str], reason: str,
+              heads: tuple[float, ...] = (0.0, 0.0, 0.0)) -> Recommendation:
+        items = m.items
+        return Recommendation(items.item_ids[p], score, retrieval, "+".join(sources), reason, items.category[p],
+                              items.brand[p], float(items.price[p]), tuple(float(h) for h in heads))
 
 
 def _reason(sources: list[str], recent_category: bool) -> str:
     """A short code the shop can turn into copy ("Because you viewed ...", "New in", ...)."""
+    if "cart" in sources:
+        return "goes_with_cart"
+    if "viewed" in sources:
+        return "goes_with_viewed"
     if "cooccurrence" in sources:
         return "goes_with_recent"
+    if "similar" in sources:
+        return "similar"
     if "two_tower" in sources:
         return "recent_category" if recent_category else "personalized"
     return {"trending": "trending", "new": "new_arrival"}.get(sources[0], "popular")

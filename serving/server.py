@@ -7,6 +7,7 @@ traceback of anything unexpected without sending it to the client.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from serving.errors import InvalidArgument, status_for
 from serving.proto import recommender_pb2 as pb
 from serving.proto import recommender_pb2_grpc as pb_grpc
-from serving.recommender import Recommender
+from serving.recommender import Recommender, RequestContext
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -41,20 +42,36 @@ def _check_id(value: str, field: str, limits: Limits, required: bool = True) -> 
         raise InvalidArgument(field, f"is {len(value)} characters long; the limit is {limits.max_id_length}")
 
 
-def validate_recommend(req: pb.RecommendRequest, limits: Limits) -> int:
-    """Check every field; returns the effective k."""
+def _check_k(k: int, limits: Limits) -> int:
+    if k < 0 or k > limits.max_k:
+        raise InvalidArgument("k", f"must be between 1 and {limits.max_k} (0 means {limits.default_k}); got {k}")
+    return k or limits.default_k
+
+
+def _check_ids(values, field: str, limits: Limits) -> tuple[str, ...]:
+    if len(values) > limits.max_list_size:
+        raise InvalidArgument(field, f"has {len(values)} ids; the limit is {limits.max_list_size}")
+    for i, item in enumerate(values):
+        _check_id(item, f"{field}[{i}]", limits)
+    return tuple(values)
+
+
+def validate_recommend(req: pb.RecommendRequest, limits: Limits) -> tuple[int, RequestContext]:
+    """Check every field; returns the effective k and the request context."""
     _check_id(req.user_id, "user_id", limits)
-    if req.k < 0 or req.k > limits.max_k:
-        raise InvalidArgument("k", f"must be between 1 and {limits.max_k} (0 means {limits.default_k}); got {req.k}")
-    if req.context.surface not in ("", "home", "product", "cart"):
-        raise InvalidArgument("context.surface", f"must be one of home, product, cart; got {req.context.surface!r}")
-    if len(req.context.exclude_item_ids) > limits.max_list_size:
-        raise InvalidArgument("context.exclude_item_ids", f"has {len(req.context.exclude_item_ids)} ids; "
-                              f"the limit is {limits.max_list_size}")
-    for item in req.context.exclude_item_ids:
-        _check_id(item, "context.exclude_item_ids", limits)
-    _check_id(req.context.category, "context.category", limits, required=False)
-    return req.k or limits.default_k
+    k = _check_k(req.k, limits)
+    c = req.context
+    if c.surface not in ("", "home", "product", "cart"):
+        raise InvalidArgument("context.surface", f"must be one of home, product, cart; got {c.surface!r}")
+    _check_id(c.category, "context.category", limits, required=False)
+    _check_id(c.viewed_item_id, "context.viewed_item_id", limits, required=False)
+    if not (c.max_price >= 0 and math.isfinite(c.max_price)):
+        raise InvalidArgument("context.max_price", f"must be a finite price >= 0 (0: no limit); got {c.max_price}")
+    return k, RequestContext(
+        surface=c.surface, exclude=_check_ids(c.exclude_item_ids, "context.exclude_item_ids", limits),
+        category=c.category, cart=_check_ids(c.cart_item_ids, "context.cart_item_ids", limits),
+        viewed=c.viewed_item_id, session=_check_ids(c.session_item_ids, "context.session_item_ids", limits),
+        max_price=c.max_price)
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
@@ -68,13 +85,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             log.exception("unexpected error while serving a request")
         context.abort(code, message)
 
-    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
-        try:
-            k = validate_recommend(request, self.limits)
-            result = self.recommender.recommend(request.user_id, k, tuple(request.context.exclude_item_ids),
-                                                request.context.category)
-        except Exception as e:  # noqa: BLE001 - every error goes through the one status table
-            self._fail(context, e)
+    def _respond(self, result) -> pb.RecommendResponse:
         v = result.versions
         return pb.RecommendResponse(
             user_id=result.user_id, personalized=result.personalized, degraded=result.degraded,
@@ -82,8 +93,36 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             ranking_version=v.get("ranking", ""),
             items=[pb.RecommendedItem(item_id=r.item_id, score=r.score, retrieval_score=r.retrieval_score,
                                       source=r.source, reason=r.reason, category=r.category, brand=r.brand,
-                                      price=r.price) for r in result.items],
+                                      price=r.price, click_probability=r.heads[0], cart_probability=r.heads[1],
+                                      purchase_probability=r.heads[2]) for r in result.items],
         )
+
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+        try:
+            k, ctx = validate_recommend(request, self.limits)
+            return self._respond(self.recommender.recommend(request.user_id, k, ctx))
+        except Exception as e:  # noqa: BLE001 - every error goes through the one status table
+            self._fail(context, e)
+
+    def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+        try:
+            _check_id(request.item_id, "item_id", self.limits)
+            k = _check_k(request.k, self.limits)
+            exclude = _check_ids(request.exclude_item_ids, "exclude_item_ids", self.limits)
+            return self._respond(self.recommender.similar_items(request.item_id, k, exclude, request.same_category))
+        except Exception as e:  # noqa: BLE001
+            self._fail(context, e)
+
+    def CartRecommendations(self, request: pb.CartRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+        try:
+            if not request.item_ids:
+                raise InvalidArgument("item_ids", "is empty; send the cart's item ids (at least one)")
+            items = _check_ids(request.item_ids, "item_ids", self.limits)
+            _check_id(request.user_id, "user_id", self.limits, required=False)
+            k = _check_k(request.k, self.limits)
+            return self._respond(self.recommender.cart(list(items), k, request.user_id))
+        except Exception as e:  # noqa: BLE001
+            self._fail(context, e)
 
     def RecordEvents(self, request: pb.RecordEventsRequest, context: grpc.ServicerContext) -> pb.RecordEventsResponse:
         from serving.events import record_events
@@ -127,9 +166,14 @@ class RunningServer:
 
 
 def start(recommender: Recommender, host: str = "127.0.0.1", port: int = 50051, workers: int = 8,
-          limits: Limits = Limits()) -> RunningServer:
-    """Start serving on host:port (port 0 picks a free one) and mark the service SERVING."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+          limits: Limits = Limits(), reuse_port: bool = False) -> RunningServer:
+    """Start serving on host:port (port 0 picks a free one) and mark the service SERVING.
+
+    ``reuse_port``: let several server processes listen on the same port (SO_REUSEPORT; the
+    kernel spreads connections over them), which is how one machine's cores are all used.
+    """
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                         options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(recommender, limits), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

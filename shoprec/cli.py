@@ -108,36 +108,55 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from serving.recommender import Recommender
-    from serving.server import start
+    from feature_repo.workspace import Workspace
+    from serving.config import load_config
+    from serving.launcher import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    running = start(Recommender(_ws(args)), args.host, args.port, args.workers)
-    print(f"shoprec serving on {args.host}:{running.port} (Ctrl-C to stop)", flush=True)
-    try:
-        running.wait()
-    except KeyboardInterrupt:
-        running.stop()
+    # Flags beat SHOPREC_SERVE_* variables, which beat the --config file, which beats the defaults.
+    flags = {name: getattr(args, name) for name in ("host", "port", "workers", "processes", "workspace",
+                                                    "online_store")}
+    cfg = load_config(Path(args.config) if args.config else None, os.environ, flags)
+    serve(cfg, Workspace.at(cfg.workspace).root, out=lambda line: print(line, flush=True))
 
 
-def print_recommendations(response) -> None:
-    flags = ("personalized" if response.personalized else "cold start: popular items") + (
+def print_recommendations(response, title: str = "") -> None:
+    flags = ("personalized" if response.personalized else "no stored history: context/popular items") + (
         ", DEGRADED (feature store unreachable)" if response.degraded else "")
-    print(f"\nuser {response.user_id} ({flags})")
+    print(f"\n{title or 'user ' + response.user_id} ({flags})")
     print(render([{"rank": i + 1, "item": r.item_id, "category": r.category, "brand": r.brand,
-                   "price": round(r.price, 2), "score": round(r.score, 4),
+                   "price": round(r.price, 2), "score": round(r.score, 4), "P(buy)": round(r.purchase_probability, 4),
                    "retrieval": round(r.retrieval_score, 4), "source": r.source, "reason": r.reason}
                   for i, r in enumerate(response.items)]))
 
 
 def cmd_query(args: argparse.Namespace) -> None:
+    import time
+
     from serving.client import RecommenderClient
 
     with RecommenderClient(args.address, timeout=args.timeout) as client:
-        if args.info:
+        if args.info or args.rpc == "info":
             print(client.info())
-        for user in args.user:
-            print_recommendations(client.recommend(user, args.k, exclude=args.exclude, category=args.category))
+        if args.rpc == "recommend":
+            for user in args.user:
+                print_recommendations(client.recommend(user, args.k, exclude=args.exclude, category=args.category,
+                                                       surface=args.surface, cart=args.cart, viewed=args.viewed,
+                                                       session=args.session, max_price=args.max_price))
+        elif args.rpc == "similar":
+            for item in args.item:
+                print_recommendations(client.similar_items(item, args.k, exclude=args.exclude,
+                                                           same_category=args.same_category), f"similar to {item}")
+        elif args.rpc == "cart":
+            user = args.user[0] if args.user else ""
+            print_recommendations(client.cart_recommendations(args.item, args.k, user_id=user),
+                                  f"cart {args.item}" + (f" of {user}" if user else ""))
+        elif args.rpc == "event":
+            events = [{"user_id": u, "item_id": i, "event_type": args.event_type, "timestamp": time.time()}
+                      for u in args.user for i in args.item]
+            response = client.record_events(events)
+            print(render([{"user": e["user_id"], "item": e["item_id"], "event": e["event_type"],
+                           "accepted": r.accepted, "error": r.error} for e, r in zip(events, response.results)]))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -243,15 +262,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help="IVF lists searched per query (default 128; 256 for 1M items at k=500)")
     sp.add_argument("--seed", type=int, default=0)
     sp = add("serve", cmd_serve, "serve the live artifacts over gRPC in the foreground")
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=50051)
-    sp.add_argument("--workers", type=int, default=8, help="request threads")
-    sp = add("query", cmd_query, "ask a running server for recommendations")
+    # No argparse defaults: an omitted flag leaves the value to $SHOPREC_SERVE_*, the file, or the default.
+    sp.add_argument("--config", default=None, metavar="FILE",
+                    help="TOML settings file (documented example: serving/shoprec-serve.toml); flags > "
+                         "SHOPREC_SERVE_* environment variables > this file > defaults")
+    sp.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=None, help="TCP port (default 50051; 0: a free one, 1 process only)")
+    sp.add_argument("--workers", type=int, default=None, help="request threads per process (default 8)")
+    sp.add_argument("--processes", type=int, default=None,
+                    help="server processes sharing the port with SO_REUSEPORT (default 1; one per core)")
+    sp = add("query", cmd_query, "call a running server: recommend, similar, cart, event or info")
+    sp.add_argument("rpc", nargs="?", default="recommend", choices=["recommend", "similar", "cart", "event", "info"],
+                    help="recommend (default): Recommend per --user; similar: SimilarItems per --item; cart: "
+                         "CartRecommendations of the --item list (optional --user); event: RecordEvents of "
+                         "--event-type for every --user x --item; info: GetInfo")
     sp.add_argument("--address", default="127.0.0.1:50051")
     sp.add_argument("--user", action="append", default=[], help="user id (repeatable)")
+    sp.add_argument("--item", action="append", default=[], help="item id (repeatable): similar, cart, event")
     sp.add_argument("--k", type=int, default=10)
     sp.add_argument("--exclude", action="append", default=[], help="item id to exclude (repeatable)")
     sp.add_argument("--category", default="", help="only this category")
+    sp.add_argument("--surface", default="", choices=["", "home", "product", "cart"])
+    sp.add_argument("--cart", action="append", default=[], help="recommend: an item in the cart (repeatable)")
+    sp.add_argument("--viewed", default="", help="recommend: the product page being viewed")
+    sp.add_argument("--session", action="append", default=[],
+                    help="recommend: an item viewed this session, not yet recorded (repeatable, oldest first)")
+    sp.add_argument("--max-price", type=float, default=0.0, help="recommend: only items up to this price")
+    sp.add_argument("--same-category", action="store_true", help="similar: only the item's own category")
+    sp.add_argument("--event-type", default="view", choices=["view", "click", "add_to_cart", "purchase"])
     sp.add_argument("--info", action="store_true", help="print the live versions first")
     sp.add_argument("--timeout", type=float, default=5.0, help="deadline per call in seconds")
     sp = add("evaluate", cmd_evaluate, "offline evaluation by the leave-one-out protocol (full ranking)")

@@ -75,8 +75,18 @@ def run_demo(ws: Workspace, preset: str = "default", seed: int = 0, cfg=None) ->
             with RecommenderClient(running.address) as client:
                 client.wait_ready()
                 progress.say(f"server {running.address} healthy={client.healthy()}")
-                for user in pick_demo_users(ws):
+                users = pick_demo_users(ws)
+                for user in users:
                     print_recommendations(client.recommend(user, k=8))
+                # The other surfaces: a product page for a first-time visitor, "more like this",
+                # and the cart's complements.
+                top = client.recommend(users[0], k=2).items
+                if top:
+                    item = top[0].item_id
+                    print_recommendations(client.recommend("first-time-visitor", k=5, surface="product", viewed=item),
+                                          f"first-time visitor on the page of {item}")
+                    print_recommendations(client.similar_items(item, k=5), f"similar to {item}")
+                    print_recommendations(client.cart_recommendations([item], k=5), f"cart [{item}]")
     finally:
         running.stop()
     timings = {**progress.timings, "total": round(time.perf_counter() - started, 2)}

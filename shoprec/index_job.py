@@ -17,6 +17,7 @@ import numpy as np
 
 from feature_repo.errors import ArtifactError
 from feature_repo.workspace import Workspace
+from shoprec.pipeline import load_clean
 
 
 class IndexVerificationFailed(ArtifactError):
@@ -44,7 +45,6 @@ def embed_catalog(ws: Workspace, retrieval_dir) -> tuple[list[str], np.ndarray, 
     import tensorflow as tf
 
     from feature_repo.data.features import item_attributes, price_bucket
-    from shoprec.pipeline import load_clean
 
     items = load_clean(ws, "items")
     known = set(json.loads((retrieval_dir / "item_ids.json").read_text()))
@@ -100,21 +100,38 @@ def rebuild(ws: Workspace, settings: IndexSettings = IndexSettings()) -> tuple[s
         problems.append("some item embeddings are not finite")
     if problems:
         raise IndexVerificationFailed("index rebuild rejected, live version unchanged: " + "; ".join(problems))
-    cooccurrence = _cooccurrence(ws, ids)
+    events = load_clean(ws, "events")
+    cooccurrence = _cooccurrence(events, ids)
+    repeats = repeat_purchase_rates(events)
     with s["index"].build(kind="index", retrieval_version=retrieval_version, new_items=new_items,
-                          cooccurrence_items=len(cooccurrence), **facts) as b:
+                          cooccurrence_items=len(cooccurrence), repeat_purchase_items=len(repeats), **facts) as b:
         index.save(b.path)
         np.save(b.path / "item_embeddings.npy", emb)
         cooccurrence.save(b.path / "cooccurrence")
+        (b.path / "repeat_purchase.json").write_text(json.dumps(repeats, sort_keys=True))
     s["index"].publish(b.version)
     b.manifest["pruned"] = s["index"].prune(settings.keep)
     return b.version, b.manifest
 
 
-def _cooccurrence(ws: Workspace, item_ids: list[str]):
+def _cooccurrence(events, item_ids: list[str]):
     """Item-to-item co-occurrence over every user's clean sequence, versioned with the index."""
     from feature_repo.data.features import collapse_sequence
     from retrieval.cooccurrence import CooccurrenceModel, sequences_from_events
-    from shoprec.pipeline import load_clean
 
-    return CooccurrenceModel.fit(sequences_from_events(collapse_sequence(load_clean(ws, "events"))), item_ids=item_ids)
+    return CooccurrenceModel.fit(sequences_from_events(collapse_sequence(events)), item_ids=item_ids)
+
+
+def repeat_purchase_rates(events, min_purchases: int = 5) -> dict[str, float]:
+    """Per item: the share of its purchases made by a customer who had bought it before.
+
+    Serving shows an already-bought item again only when this is high (coffee, skincare),
+    never a phone twice. Items with fewer than ``min_purchases`` purchases are left out (0).
+    """
+    buys = events[events["event_type"] == "purchase"].sort_values("timestamp", kind="stable")
+    if buys.empty:
+        return {}
+    again = buys.duplicated(["user_id", "item_id"])
+    stats = again.groupby(buys["item_id"]).agg(["mean", "size"])
+    stats = stats[(stats["size"] >= min_purchases) & (stats["mean"] > 0)]
+    return {str(item): round(float(rate), 4) for item, rate in stats["mean"].items()}

@@ -30,6 +30,8 @@ class ItemTable:
     n_purchase_7d: np.ndarray | None = None
     created_epoch: np.ndarray | None = None
     as_of_epoch: float = 0.0  # time of the newest snapshot: "now" for the data
+    attributes: np.ndarray | None = None  # per item a list of attribute strings (content embedding of new items)
+    price_bucket: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.position = {item: i for i, item in enumerate(self.item_ids)}
@@ -60,6 +62,8 @@ class ItemTable:
             conversion_rate=df["conversion_rate"].to_numpy(dtype="float64"),
             n_view_7d=column("n_view_7d"), n_purchase_7d=column("n_purchase_7d"),
             created_epoch=column("created_epoch"),
+            attributes=df["attributes"].to_numpy(dtype=object) if "attributes" in df else None,
+            price_bucket=df["price_bucket"].to_numpy(dtype="int64") if "price_bucket" in df else None,
             as_of_epoch=float(as_of.timestamp()) if pd.notna(as_of) else 0.0,
         )
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fserving/proto/recommender.proto\x12\nshoprec.v1\"_\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12\r\n\x05price\x18\x05 \x01(\x01\"8\n\x13RecordEventsRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.shoprec.v1.Event\"=\n\x0b\x45ventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"R\n\x14RecordEventsResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.shoprec.v1.EventResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\"F\n\x07\x43ontext\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x02 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\"T\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12$\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x13.shoprec.v1.Context\"\x9a\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x17\n\x0fretrieval_score\x18\x03 \x01(\x02\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\r\n\x05\x62rand\x18\x07 \x01(\t\x12\r\n\x05price\x18\x08 \x01(\x01\"\xc3\x01\n\x11RecommendResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.shoprec.v1.RecommendedItem\x12\x14\n\x0cpersonalized\x18\x03 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12\x19\n\x11retrieval_version\x18\x05 \x01(\t\x12\x15\n\rindex_version\x18\x06 \x01(\t\x12\x17\n\x0franking_version\x18\x07 \x01(\t\"\x10\n\x0eGetInfoRequest\"k\n\x0fGetInfoResponse\x12\x19\n\x11retrieval_version\x18\x01 \x01(\t\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x17\n\x0franking_version\x18\x03 \x01(\t\x12\r\n\x05items\x18\x04 \x01(\x03\x32\xee\x01\n\x0bRecommender\x12H\n\tRecommend\x12\x1c.shoprec.v1.RecommendRequest\x1a\x1d.shoprec.v1.RecommendResponse\x12\x42\n\x07GetInfo\x12\x1a.shoprec.v1.GetInfoRequest\x1a\x1b.shoprec.v1.GetInfoResponse\x12Q\n\x0cRecordEvents\x12\x1f.shoprec.v1.RecordEventsRequest\x1a .shoprec.v1.RecordEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fserving/proto/recommender.proto\x12\nshoprec.v1\"_\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12\r\n\x05price\x18\x05 \x01(\x01\"8\n\x13RecordEventsRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.shoprec.v1.Event\"=\n\x0b\x45ventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"R\n\x14RecordEventsResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.shoprec.v1.EventResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\"\xa2\x01\n\x07\x43ontext\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x02 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x15\n\rcart_item_ids\x18\x04 \x03(\t\x12\x16\n\x0eviewed_item_id\x18\x05 \x01(\t\x12\x18\n\x10session_item_ids\x18\x06 \x03(\t\x12\x11\n\tmax_price\x18\x07 \x01(\x01\"T\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12$\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x13.shoprec.v1.Context\"\xed\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x17\n\x0fretrieval_score\x18\x03 \x01(\x02\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\r\n\x05\x62rand\x18\x07 \x01(\t\x12\r\n\x05price\x18\x08 \x01(\x01\x12\x19\n\x11\x63lick_probability\x18\t \x01(\x02\x12\x18\n\x10\x63\x61rt_probability\x18\n \x01(\x02\x12\x1c\n\x14purchase_probability\x18\x0b \x01(\x02\"\xc3\x01\n\x11RecommendResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.shoprec.v1.RecommendedItem\x12\x14\n\x0cpersonalized\x18\x03 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12\x19\n\x11retrieval_version\x18\x05 \x01(\t\x12\x15\n\rindex_version\x18\x06 \x01(\t\x12\x17\n\x0franking_version\x18\x07 \x01(\t\"\x10\n\x0eGetInfoRequest\"k\n\x0fGetInfoResponse\x12\x19\n\x11retrieval_version\x18\x01 \x01(\t\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x17\n\x0franking_version\x18\x03 \x01(\t\x12\r\n\x05items\x18\x04 \x01(\x03\"b\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x15\n\rsame_category\x18\x04 \x01(\x08\";\n\x0b\x43\x61rtRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x0f\n\x07user_id\x18\x03 \x01(\t2\x8d\x03\n\x0bRecommender\x12H\n\tRecommend\x12\x1c.shoprec.v1.RecommendRequest\x1a\x1d.shoprec.v1.RecommendResponse\x12\x42\n\x07GetInfo\x12\x1a.shoprec.v1.GetInfoRequest\x1a\x1b.shoprec.v1.GetInfoResponse\x12Q\n\x0cRecordEvents\x12\x1f.shoprec.v1.RecordEventsRequest\x1a .shoprec.v1.RecordEventsResponse\x12N\n\x0cSimilarItems\x12\x1f.shoprec.v1.SimilarItemsRequest\x1a\x1d.shoprec.v1.RecommendResponse\x12M\n\x13\x43\x61rtRecommendations\x12\x17.shoprec.v1.CartRequest\x1a\x1d.shoprec.v1.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,18 +39,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTRESULT']._serialized_end=263
   _globals['_RECORDEVENTSRESPONSE']._serialized_start=265
   _globals['_RECORDEVENTSRESPONSE']._serialized_end=347
-  _globals['_CONTEXT']._serialized_start=349
-  _globals['_CONTEXT']._serialized_end=419
-  _globals['_RECOMMENDREQUEST']._serialized_start=421
-  _globals['_RECOMMENDREQUEST']._serialized_end=505
-  _globals['_RECOMMENDEDITEM']._serialized_start=508
-  _globals['_RECOMMENDEDITEM']._serialized_end=662
-  _globals['_RECOMMENDRESPONSE']._serialized_start=665
-  _globals['_RECOMMENDRESPONSE']._serialized_end=860
-  _globals['_GETINFOREQUEST']._serialized_start=862
-  _globals['_GETINFOREQUEST']._serialized_end=878
-  _globals['_GETINFORESPONSE']._serialized_start=880
-  _globals['_GETINFORESPONSE']._serialized_end=987
-  _globals['_RECOMMENDER']._serialized_start=990
-  _globals['_RECOMMENDER']._serialized_end=1228
+  _globals['_CONTEXT']._serialized_start=350
+  _globals['_CONTEXT']._serialized_end=512
+  _globals['_RECOMMENDREQUEST']._serialized_start=514
+  _globals['_RECOMMENDREQUEST']._serialized_end=598
+  _globals['_RECOMMENDEDITEM']._serialized_start=601
+  _globals['_RECOMMENDEDITEM']._serialized_end=838
+  _globals['_RECOMMENDRESPONSE']._serialized_start=841
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1036
+  _globals['_GETINFOREQUEST']._serialized_start=1038
+  _globals['_GETINFOREQUEST']._serialized_end=1054
+  _globals['_GETINFORESPONSE']._serialized_start=1056
+  _globals['_GETINFORESPONSE']._serialized_end=1163
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1165
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1263
+  _globals['_CARTREQUEST']._serialized_start=1265
+  _globals['_CARTREQUEST']._serialized_end=1324
+  _globals['_RECOMMENDER']._serialized_start=1327
+  _globals['_RECOMMENDER']._serialized_end=1724
 # @@protoc_insertion_point(module_scope)

@@ -45,14 +45,22 @@ class RecordEventsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ..., accepted: _Optional[int] = ...) -> None: ...
 
 class Context(_message.Message):
-    __slots__ = ("surface", "exclude_item_ids", "category")
+    __slots__ = ("surface", "exclude_item_ids", "category", "cart_item_ids", "viewed_item_id", "session_item_ids", "max_price")
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CART_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    VIEWED_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PRICE_FIELD_NUMBER: _ClassVar[int]
     surface: str
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     category: str
-    def __init__(self, surface: _Optional[str] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., category: _Optional[str] = ...) -> None: ...
+    cart_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    viewed_item_id: str
+    session_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    max_price: float
+    def __init__(self, surface: _Optional[str] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., category: _Optional[str] = ..., cart_item_ids: _Optional[_Iterable[str]] = ..., viewed_item_id: _Optional[str] = ..., session_item_ids: _Optional[_Iterable[str]] = ..., max_price: _Optional[float] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "k", "context")
@@ -65,7 +73,7 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., context: _Optional[_Union[Context, _Mapping]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "score", "retrieval_score", "source", "reason", "category", "brand", "price")
+    __slots__ = ("item_id", "score", "retrieval_score", "source", "reason", "category", "brand", "price", "click_probability", "cart_probability", "purchase_probability")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +82,9 @@ class RecommendedItem(_message.Message):
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     BRAND_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
+    CLICK_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    CART_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    PURCHASE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     retrieval_score: float
@@ -82,7 +93,10 @@ class RecommendedItem(_message.Message):
     category: str
     brand: str
     price: float
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ..., category: _Optional[str] = ..., brand: _Optional[str] = ..., price: _Optional[float] = ...) -> None: ...
+    click_probability: float
+    cart_probability: float
+    purchase_probability: float
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ..., category: _Optional[str] = ..., brand: _Optional[str] = ..., price: _Optional[float] = ..., click_probability: _Optional[float] = ..., cart_probability: _Optional[float] = ..., purchase_probability: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("user_id", "items", "personalized", "degraded", "retrieval_version", "index_version", "ranking_version")
@@ -117,3 +131,25 @@ class GetInfoResponse(_message.Message):
     ranking_version: str
     items: int
     def __init__(self, retrieval_version: _Optional[str] = ..., index_version: _Optional[str] = ..., ranking_version: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...
+
+class SimilarItemsRequest(_message.Message):
+    __slots__ = ("item_id", "k", "exclude_item_ids", "same_category")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    SAME_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    k: int
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    same_category: bool
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., same_category: _Optional[bool] = ...) -> None: ...
+
+class CartRequest(_message.Message):
+    __slots__ = ("item_ids", "k", "user_id")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    k: int
+    user_id: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...

@@ -49,6 +49,16 @@ class RecommenderStub:
                 request_serializer=serving_dot_proto_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_recommender__pb2.RecordEventsResponse.FromString,
                 _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/shoprec.v1.Recommender/SimilarItems',
+                request_serializer=serving_dot_proto_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_recommender__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.CartRecommendations = channel.unary_unary(
+                '/shoprec.v1.Recommender/CartRecommendations',
+                request_serializer=serving_dot_proto_dot_recommender__pb2.CartRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_recommender__pb2.RecommendResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -76,6 +86,22 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SimilarItems(self, request, context):
+        """"More like this": the items closest to one item in the two-tower embedding space. A
+        brand-new item (in the catalog, not yet in the index) is embedded from its content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CartRecommendations(self, request, context):
+        """Complements of a cart: what goes with its items, from other categories, never the cart's
+        own items. Personalised when a user id is given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +119,16 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.RecordEvents,
                     request_deserializer=serving_dot_proto_dot_recommender__pb2.RecordEventsRequest.FromString,
                     response_serializer=serving_dot_proto_dot_recommender__pb2.RecordEventsResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=serving_dot_proto_dot_recommender__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_recommender__pb2.RecommendResponse.SerializeToString,
+            ),
+            'CartRecommendations': grpc.unary_unary_rpc_method_handler(
+                    servicer.CartRecommendations,
+                    request_deserializer=serving_dot_proto_dot_recommender__pb2.CartRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_recommender__pb2.RecommendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +212,60 @@ class Recommender:
             '/shoprec.v1.Recommender/RecordEvents',
             serving_dot_proto_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
             serving_dot_proto_dot_recommender__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoprec.v1.Recommender/SimilarItems',
+            serving_dot_proto_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+            serving_dot_proto_dot_recommender__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CartRecommendations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoprec.v1.Recommender/CartRecommendations',
+            serving_dot_proto_dot_recommender__pb2.CartRequest.SerializeToString,
+            serving_dot_proto_dot_recommender__pb2.RecommendResponse.FromString,
             options,
             channel_credentials,
             insecure,

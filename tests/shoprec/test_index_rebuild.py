@@ -76,3 +76,18 @@ def test_retention_prunes_old_versions(ws):
         rebuild(ws, IndexSettings(keep=2))
     store = _index_store(ws)
     assert len(store.versions()) == 2 and store.current_version() == store.versions()[-1]
+
+
+def test_repeat_purchase_rates_count_second_purchases_per_item():
+    import pandas as pd
+
+    from shoprec.index_job import repeat_purchase_rates
+
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    rows = [("u1", "coffee", 0), ("u1", "coffee", 30), ("u2", "coffee", 1), ("u2", "coffee", 31), ("u3", "coffee", 2),
+            *[(f"v{n}", "phone", n) for n in range(6)], ("w1", "rare", 0), ("w1", "rare", 9)]
+    events = pd.DataFrame([{"user_id": u, "item_id": i, "event_type": "purchase", "timestamp": t + pd.Timedelta(days=d)}
+                           for u, i, d in rows] + [{"user_id": "u9", "item_id": "coffee", "event_type": "view",
+                                                    "timestamp": t}])
+    rates = repeat_purchase_rates(events)
+    assert rates == {"coffee": 0.4}  # 2 of 5 purchases were repeats; phones never; "rare" has < 5 purchases
