@@ -9,6 +9,7 @@ import pandas as pd
 
 from feature_repo.data.contract import EVENT_TYPES
 from feature_repo.realtime import apply_events
+from serving.errors import StoreUnavailable
 
 MAX_FUTURE_SECONDS = 300  # client clocks may run a little ahead; further is a bug
 
@@ -52,5 +53,9 @@ def record_events(store, events, known_items, max_id_length: int = 128) -> list[
                          "timestamp": pd.Timestamp(event.timestamp or now, unit="s", tz="UTC"),
                          "price": event.price if event.price > 0 else None})
     if rows:
-        apply_events(store, pd.DataFrame(rows))
+        try:
+            apply_events(store, pd.DataFrame(rows))
+        except Exception as e:  # the caller must know nothing was recorded, so it can retry
+            raise StoreUnavailable(f"online store: {len(rows)} valid events could not be recorded ({type(e).__name__}); "
+                                   "the call's events were not (or only partly) stored; retry the call") from e
     return results

@@ -85,6 +85,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             log.exception("unexpected error while serving a request")
         context.abort(code, message)
 
+    @staticmethod
+    def _check_deadline(context: grpc.ServicerContext) -> None:
+        """A call whose deadline has already passed is not worth computing (the client gave up)."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError("the call's deadline passed before the server started on it; raise the "
+                               "client timeout or reduce the load")
+
     def _respond(self, result) -> pb.RecommendResponse:
         v = result.versions
         return pb.RecommendResponse(
@@ -99,6 +107,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
         try:
+            self._check_deadline(context)
             k, ctx = validate_recommend(request, self.limits)
             return self._respond(self.recommender.recommend(request.user_id, k, ctx))
         except Exception as e:  # noqa: BLE001 - every error goes through the one status table
@@ -106,6 +115,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
         try:
+            self._check_deadline(context)
             _check_id(request.item_id, "item_id", self.limits)
             k = _check_k(request.k, self.limits)
             exclude = _check_ids(request.exclude_item_ids, "exclude_item_ids", self.limits)
@@ -115,6 +125,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def CartRecommendations(self, request: pb.CartRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
         try:
+            self._check_deadline(context)
             if not request.item_ids:
                 raise InvalidArgument("item_ids", "is empty; send the cart's item ids (at least one)")
             items = _check_ids(request.item_ids, "item_ids", self.limits)

@@ -1,0 +1,67 @@
+"""Every status code of the error table, end to end over real gRPC where a client can see it."""
+from __future__ import annotations
+
+import socket
+
+import grpc
+import pytest
+
+from feature_repo.errors import ArtifactError
+from serving.errors import InvalidArgument, ModelNotLoaded, StoreUnavailable, UnknownItem, status_for
+
+
+@pytest.mark.parametrize("error, code", [
+    (InvalidArgument("k", "bad"), grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownItem("item_id: nope"), grpc.StatusCode.NOT_FOUND),
+    (ModelNotLoaded("run shoprec train"), grpc.StatusCode.FAILED_PRECONDITION),
+    (ArtifactError("bad manifest"), grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreUnavailable("redis down"), grpc.StatusCode.UNAVAILABLE),
+    (TimeoutError("late"), grpc.StatusCode.DEADLINE_EXCEEDED),
+    (KeyError("secret"), grpc.StatusCode.INTERNAL),
+])
+def test_the_table_maps_each_error_class(error, code):
+    got, message = status_for(error)
+    assert got == code
+    assert ("secret" not in message) if code == grpc.StatusCode.INTERNAL else message == str(error)
+
+
+@pytest.mark.parametrize("error, code", [
+    (ModelNotLoaded("no live ranking version; run `shoprec train`"), grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreUnavailable("online store: down"), grpc.StatusCode.UNAVAILABLE),
+    (TimeoutError("deadline"), grpc.StatusCode.DEADLINE_EXCEEDED),
+])
+def test_pipeline_errors_reach_the_client_with_their_status(grpc_server, recommender, monkeypatch, error, code):
+    from serving.client import RecommenderClient
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(recommender, "recommend", fail)
+    with RecommenderClient(grpc_server.address) as c, pytest.raises(grpc.RpcError) as err:
+        c.recommend("u000001")
+    assert err.value.code() == code and err.value.details() == str(error)
+
+
+def test_expired_deadline_is_deadline_exceeded(client):
+    from serving.proto import recommender_pb2 as pb
+
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.Recommend(pb.RecommendRequest(user_id="u000001", k=5), timeout=1e-6)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.slow
+def test_record_events_with_the_store_down_is_unavailable(trained_workspace, recommender):
+    """Events that cannot be stored must not look accepted: UNAVAILABLE, so the shop retries."""
+    from feature_repo.store import open_store
+    from serving.events import record_events
+    from serving.proto import recommender_pb2 as pb
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = open_store(trained_workspace, f"redis://127.0.0.1:{port}")
+    item = str(recommender.models.items.item_ids[0])
+    with pytest.raises(StoreUnavailable, match="retry"):
+        record_events(down, [pb.Event(user_id="u1", item_id=item, event_type="view")],
+                      recommender.models.items.position)
