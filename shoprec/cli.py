@@ -194,6 +194,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"every metric: {out}")
 
 
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from shoprec.simulate import POLICIES, SimulationConfig, simulate
+
+    policies = tuple(args.policies.split(",")) if args.policies else POLICIES
+    cfg = SimulationConfig(days=args.days, k=args.k, seeds=tuple(range(args.seeds)), return_days=args.return_days,
+                           max_customers=args.customers, policies=policies)
+    ws = _ws(args)
+    out = Path(args.out) if args.out else ws.root / "simulation"
+    simulate(ws, cfg, out)
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.md'} (plot: {out / 'daily_conversion.svg'}; every number: {out / 'simulation.json'})")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from shoprec.demo import run_demo
 
@@ -306,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--factory", default="Flat", help="FAISS index the two-tower retrieves through")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default=None, help="JSON with every metric (default: <workspace>/evaluation/...)")
+    sp = add("simulate", cmd_simulate, "A/B/n shop simulation: policies shown to the synthetic shop's hidden customers")
+    sp.add_argument("--days", type=int, default=14, help="simulated days (default 14)")
+    sp.add_argument("--seeds", type=int, default=3, help="repetitions with seeds 0..N-1 for confidence intervals")
+    sp.add_argument("--customers", type=int, default=2000, help="customers sampled (same for every policy)")
+    sp.add_argument("--return-days", type=int, default=7, help="a return = another visit within N days")
+    sp.add_argument("--k", type=int, default=10, help="items shown per visit")
+    sp.add_argument("--policies", default="", help="comma-separated subset of: random, popularity, cooccurrence, "
+                                                   "two_tower, pipeline_dcn, pipeline_lstm, oracle (default all)")
+    sp.add_argument("--out", default=None, help="report directory (default <workspace>/simulation)")
     sp = add("demo", cmd_demo, "the whole pipeline on the synthetic shop, then real gRPC queries")
     data_args(sp)
     train_args(sp)
