@@ -76,6 +76,7 @@ class SimulationConfig:
     max_customers: int = 2000  # sampled (same sample for every policy) to bound the run time
     policies: tuple[str, ...] = POLICIES
     customers: CustomerModel = field(default_factory=CustomerModel)
+    page_rules: Any = None  # serving.rules.Rules for the pipeline policies (None: serving's defaults)
 
 
 class Shop:
@@ -148,8 +149,8 @@ def _blocked(shop: Shop, user: str, bought: set[str]) -> set[str]:
 class Policies:
     """Builds each policy; pipeline policies get their own copy of the workspace (online store)."""
 
-    def __init__(self, ws: Workspace, shop: Shop, scratch: Path):
-        self.ws, self.shop, self.scratch = ws, shop, scratch
+    def __init__(self, ws: Workspace, shop: Shop, scratch: Path, page_rules: Any = None):
+        self.ws, self.shop, self.scratch, self.page_rules = ws, shop, scratch, page_rules
         from feature_repo.data.item_table import ItemTable
 
         items = ItemTable.load(ws.features_dir)
@@ -198,7 +199,7 @@ class Policies:
                 raise ValueError(f"policy {name}: no {kind} ranker in {self.ws.models_dir / 'ranking'}; "
                                  "run `shoprec train ranking --ranker both` first.")
             store.publish(versions[-1])
-        rec = Recommender(wws)
+        rec = Recommender(wws, rules=self.page_rules) if self.page_rules is not None else Recommender(wws)
         state.stores[name] = rec
 
         def pipeline(u: int, user: str, k: int) -> list[str]:
@@ -341,7 +342,7 @@ def simulate(ws: Workspace, cfg: SimulationConfig = SimulationConfig(), out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in cfg.policies}
     with tempfile.TemporaryDirectory(prefix="shoprec-sim-") as scratch:
-        policies = Policies(ws, shop, Path(scratch))
+        policies = Policies(ws, shop, Path(scratch), cfg.page_rules)
         for seed in cfg.seeds:
             for name in cfg.policies:
                 t0 = time.perf_counter()
