@@ -35,6 +35,9 @@ class RecommenderClient:
         return self.stub.CartRecommendations(pb.CartRequest(item_ids=item_ids, k=k, user_id=user_id),
                                              timeout=self.timeout)
 
+    def user_insights(self, user_id: str) -> pb.UserInsightsResponse:
+        return self.stub.GetUserInsights(pb.UserInsightsRequest(user_id=user_id), timeout=self.timeout)
+
     def record_events(self, events: list[dict]) -> pb.RecordEventsResponse:
         """``events``: dicts with user_id, item_id, event_type and optional timestamp, price."""
         return self.stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(**e) for e in events]),

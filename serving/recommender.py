@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from feature_repo.artifacts import ArtifactStore
+from feature_repo.errors import ArtifactError
 from feature_repo.data.features import RECENT_N, pad_sequences
 from feature_repo.data.item_table import ItemTable
 from feature_repo.workspace import Workspace
@@ -32,7 +33,8 @@ from retrieval.cooccurrence import CooccurrenceModel
 from retrieval.index import ItemIndex
 from retrieval.user_features import activity_vector
 from serving.candidates import CandidateSources, Quotas
-from serving.errors import ModelNotLoaded, UnknownItem
+from serving.churn import ChurnModel
+from serving.errors import ModelNotLoaded, StoreUnavailable, UnknownItem
 from serving.rules import Rules, pick_page
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class Models:
     repeat_rate: np.ndarray | None = None  # per ItemTable position
     available: np.ndarray | None = None  # per ItemTable position: in the catalog and not marked unavailable
     fingerprint: tuple = ()  # what was loaded; a different one on disk means reload
+    churn: Any = None  # serving.churn.ChurnModel (None: not trained yet)
 
     @classmethod
     def load(cls, ws: Workspace) -> "Models":
@@ -122,15 +125,20 @@ class Models:
         repeat_file = index_dir / "repeat_purchase.json"
         rates = json.loads(repeat_file.read_text()) if repeat_file.exists() else {}
         repeat_rate = np.array([rates.get(i, 0.0) for i in items.item_ids], dtype=np.float32)
+        try:
+            churn = ChurnModel.load(ws)
+            versions["churn"] = churn.version
+        except ArtifactError:  # optional: GetUserInsights says what to run
+            churn = None
         return cls(versions, user_tower, index, item_embeddings, scorer, items, index_to_item, item_to_index,
                    items.most_popular(len(items)), cooccurrence, item_tower, weights, head_index, repeat_rate,
-                   catalog_availability(ws, items), fingerprint)
+                   catalog_availability(ws, items), fingerprint, churn)
 
 
 def disk_fingerprint(ws: Workspace) -> tuple:
     """Live index and ranking versions plus the feature and catalog files' change times."""
     out = []
-    for kind in ("index", "ranking"):
+    for kind in ("index", "ranking", "churn"):
         try:
             out.append(ArtifactStore(ws.models_dir / kind).current_version())
         except Exception:  # noqa: BLE001 - nothing published yet: Models.load says what to run
@@ -270,10 +278,11 @@ class Recommender:
     # -- RPCs ---------------------------------------------------------------------------------
 
     def recommend(self, user_id: str, k: int, context: RequestContext | None = None, *,
-                  exclude: tuple[str, ...] = (), category: str = "") -> RecommendResult:
-        """Top-k for a user in a context (``exclude``/``category``: shorthands for the context's)."""
+                  exclude: tuple[str, ...] = (), category: str = "", rules: Rules | None = None) -> RecommendResult:
+        """Top-k for a user in a context (``exclude``/``category``: shorthands for the context's;
+        ``rules``: other page rules for this request, e.g. a retention mix)."""
         context = context or RequestContext(exclude=tuple(exclude), category=category)
-        return self._recommend(self._live, user_id, k, context)
+        return self._recommend(self._live, user_id, k, context, rules)
 
     def cart(self, item_ids: list[str], k: int, user_id: str = "") -> RecommendResult:
         """Complements of a cart: the cart surface of ``recommend``, other categories first."""
@@ -309,6 +318,20 @@ class Recommender:
             out.append(self._item(m, p, sim, sim, ["similar"], "similar"))
         return RecommendResult(item_id, out, False, False, m.versions)
 
+    def insights(self, user_id: str) -> dict[str, Any]:
+        """Churn risk, drivers and segment of one user (serving/churn.py), from one online read."""
+        m = self.models
+        if m.churn is None:
+            raise ModelNotLoaded("no churn model is published; run `shoprec churn train` (after `shoprec features`).")
+        user, degraded = self.user_features(user_id)
+        if degraded:  # a risk computed from nothing would look like a real answer ("new user")
+            raise StoreUnavailable("online store: the user's features cannot be read right now; retry")
+        # "Now" is the data's now: the newest feature snapshot, or a newer visit pushed since.
+        now = max(m.items.as_of_epoch, float(user.get("last_visit_epoch") or 0.0))
+        out = m.churn.insights(user, now)
+        out["drivers"] = [(f, v, c, m.churn.describe(f, v, c)) for f, v, c in out["drivers"]]
+        return {**out, "horizon_days": m.churn.horizon_days, "version": m.churn.version}
+
     # -- pipeline -----------------------------------------------------------------------------
 
     def _neighbours(self, m: Models, pos: int, n: int) -> list[tuple[int, float]]:
@@ -336,9 +359,11 @@ class Recommender:
     def _available(m: Models, p: int) -> bool:
         return m.available is None or bool(m.available[p])
 
-    def _recommend(self, live: _Live, user_id: str, k: int, ctx: RequestContext) -> RecommendResult:
+    def _recommend(self, live: _Live, user_id: str, k: int, ctx: RequestContext,
+                   rules: Rules | None = None) -> RecommendResult:
         import tensorflow as tf
 
+        rules = rules or self.rules
         m, items = live.models, live.models.items
         user, degraded = self.user_features(user_id)
         stored = list(user.get("recent_items") or [])
@@ -355,7 +380,7 @@ class Recommender:
         personalized = bool(stored)
         bought = {i for i, t in zip(stored, stored_types) if t == "purchase"}
         repeatable = {i for i in bought if i in items.position
-                      and m.repeat_rate is not None and m.repeat_rate[items.position[i]] >= self.rules.repeat_purchase_rate}
+                      and m.repeat_rate is not None and m.repeat_rate[items.position[i]] >= rules.repeat_purchase_rate}
         blocked = set(ctx.exclude) | set(ctx.cart) | (bought - repeatable)
         if ctx.viewed:
             blocked.add(ctx.viewed)
@@ -407,8 +432,8 @@ class Recommender:
             # Complements first: items from the cart's own categories go after the others.
             order.sort(key=lambda i: items.category[positions[i]] in cart_cats)
         page, slots = pick_page(
-            order, k, lambda i: items.category[positions[i]], self.rules if not ctx.category else
-            Rules(1.0, 0, self.rules.new_item_slots, self.rules.repeat_purchase_rate),
+            order, k, lambda i: items.category[positions[i]], rules if not ctx.category else
+            Rules(1.0, 0, rules.new_item_slots, rules.repeat_purchase_rate),
             other_category=(lambda i: items.category[positions[i]] not in recent_cats) if recent_cats else None,
             is_new=lambda i: items.created_epoch[positions[i]] >= new_cut > 0)
         out = []

@@ -135,6 +135,20 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         except Exception as e:  # noqa: BLE001
             self._fail(context, e)
 
+    def GetUserInsights(self, request: pb.UserInsightsRequest,
+                        context: grpc.ServicerContext) -> pb.UserInsightsResponse:
+        try:
+            self._check_deadline(context)
+            _check_id(request.user_id, "user_id", self.limits)
+            out = self.recommender.insights(request.user_id)
+            return pb.UserInsightsResponse(
+                user_id=request.user_id, churn_risk=out["churn_risk"], horizon_days=out["horizon_days"],
+                drivers=[pb.Driver(feature=f, value=float(v), contribution=float(c), description=d)
+                         for f, v, c, d in out["drivers"]],
+                segment=out["segment"], churn_version=out["version"])
+        except Exception as e:  # noqa: BLE001
+            self._fail(context, e)
+
     def RecordEvents(self, request: pb.RecordEventsRequest, context: grpc.ServicerContext) -> pb.RecordEventsResponse:
         from serving.events import record_events
 

@@ -151,6 +151,13 @@ def cmd_query(args: argparse.Namespace) -> None:
             user = args.user[0] if args.user else ""
             print_recommendations(client.cart_recommendations(args.item, args.k, user_id=user),
                                   f"cart {args.item}" + (f" of {user}" if user else ""))
+        elif args.rpc == "insights":
+            rows = []
+            for user in args.user:
+                r = client.user_insights(user)
+                rows.append({"user": r.user_id, "churn risk": round(r.churn_risk, 4), "horizon days": r.horizon_days,
+                             "segment": r.segment, "drivers": "; ".join(d.description for d in r.drivers)})
+            print(render(rows))
         elif args.rpc == "event":
             events = [{"user_id": u, "item_id": i, "event_type": args.event_type, "timestamp": time.time()}
                       for u in args.user for i in args.item]
@@ -192,6 +199,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else _ws(args).root / "evaluation" / f"{Path(args.dataset).name}-{args.target}.json"
     write_json(results, out)
     print(f"every metric: {out}")
+
+
+def cmd_churn(args: argparse.Namespace) -> None:
+    from shoprec import churn
+
+    ws = _ws(args)
+    if args.action == "train":
+        version, manifest = churn.train_churn(ws, horizon_days=args.horizon_days, seed=args.seed)
+        m = manifest["metrics"]
+        print(render([{"version": version, "horizon days": manifest["horizon_days"],
+                       **{k: m[k] for k in ("auc", "baseline_auc_days_since_last_visit", "brier", "brier_base_rate", "base_rate") if k in m}}]))
+        if "calibration" in manifest:
+            print(render(manifest["calibration"]))
+    else:
+        out = Path(args.out) if args.out else ws.root / "churn" / "at_risk.csv"
+        table = churn.at_risk_users(ws, out, threshold=args.threshold)
+        print(render(table.head(10).to_dict("records")))
+        print(f"{len(table)} users at risk >= {args.threshold}: {out}")
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
@@ -285,10 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--processes", type=int, default=None,
                     help="server processes sharing the port with SO_REUSEPORT (default 1; one per core)")
     sp = add("query", cmd_query, "call a running server: recommend, similar, cart, event or info")
-    sp.add_argument("rpc", nargs="?", default="recommend", choices=["recommend", "similar", "cart", "event", "info"],
+    sp.add_argument("rpc", nargs="?", default="recommend",
+                    choices=["recommend", "similar", "cart", "event", "insights", "info"],
                     help="recommend (default): Recommend per --user; similar: SimilarItems per --item; cart: "
                          "CartRecommendations of the --item list (optional --user); event: RecordEvents of "
-                         "--event-type for every --user x --item; info: GetInfo")
+                         "--event-type for every --user x --item; insights: GetUserInsights per --user; "
+                         "info: GetInfo")
     sp.add_argument("--address", default="127.0.0.1:50051")
     sp.add_argument("--user", action="append", default=[], help="user id (repeatable)")
     sp.add_argument("--item", action="append", default=[], help="item id (repeatable): similar, cart, event")
@@ -319,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--factory", default="Flat", help="FAISS index the two-tower retrieves through")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default=None, help="JSON with every metric (default: <workspace>/evaluation/...)")
+    sp = add("churn", cmd_churn, "churn early warning: train the model, or list the users at risk")
+    sp.add_argument("action", choices=["train", "at-risk"])
+    sp.add_argument("--horizon-days", type=int, default=14, help="train: churn = no visit within N days (default 14)")
+    sp.add_argument("--threshold", type=float, default=0.5, help="at-risk: list users with risk >= this")
+    sp.add_argument("--out", default=None, help="at-risk: CSV path (default <workspace>/churn/at_risk.csv)")
+    sp.add_argument("--seed", type=int, default=0)
     sp = add("simulate", cmd_simulate, "A/B/n shop simulation: policies shown to the synthetic shop's hidden customers")
     sp.add_argument("--days", type=int, default=14, help="simulated days (default 14)")
     sp.add_argument("--seeds", type=int, default=3, help="repetitions with seeds 0..N-1 for confidence intervals")

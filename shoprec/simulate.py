@@ -25,8 +25,10 @@ The customer model (documented assumptions; the generator's funnel is reused whe
 Policies (same customers, same seeds, common random numbers for arrivals and funnel draws):
 random, popularity, co-occurrence (of the customer's recent items), two-tower order (the
 serving pipeline's candidates ordered by retrieval score), the full pipeline with each ranker,
-and an oracle that knows the hidden preferences (expected purchase probability, the upper
-bound). Between days nothing is retrained: the online features change through RecordEvents.
+a retention variant of the pipeline (customers whose churn risk, from the churn model on their
+online features, is at least ``RETENTION_RISK`` get ``RETENTION_RULES``: the safest bets, no
+exploration), and an oracle that knows the hidden preferences (expected purchase probability,
+the upper bound). Between days nothing is retrained: the online features change through RecordEvents.
 """
 from __future__ import annotations
 
@@ -47,7 +49,13 @@ from feature_repo.artifacts import ArtifactStore
 from feature_repo.errors import ConfigError
 from feature_repo.workspace import Workspace
 
-POLICIES = ("random", "popularity", "cooccurrence", "two_tower", "pipeline_dcn", "pipeline_lstm", "oracle")
+POLICIES = ("random", "popularity", "cooccurrence", "two_tower", "pipeline_dcn", "pipeline_lstm", "pipeline_retention",
+            "oracle")
+RETENTION_RISK = 0.3  # churn risk from which the retention policy changes a customer's mix
+# The retention mix: no exploration slots and no diversity cap, only the ranker's safest bets
+# (what the customer is most likely to buy now), and bought consumables shown again sooner.
+RETENTION_RULES = {"max_category_share": 1.0, "cross_category_slots": 0, "new_item_slots": 0,
+                   "repeat_purchase_rate": 0.05}
 CONSUMABLE = frozenset({"skincare", "makeup", "haircare", "coffee", "pet_supplies"})
 
 
@@ -202,7 +210,19 @@ class Policies:
         rec = Recommender(wws, rules=self.page_rules) if self.page_rules is not None else Recommender(wws)
         state.stores[name] = rec
 
+        retention = None
+        if name == "pipeline_retention":
+            from serving.rules import Rules
+
+            if rec.models.churn is None:
+                raise ValueError("policy pipeline_retention needs a churn model; run `shoprec churn train` first.")
+            retention = Rules(**RETENTION_RULES)
+
         def pipeline(u: int, user: str, k: int) -> list[str]:
+            if retention is not None:  # at-risk customers get the retention mix
+                at_risk = rec.insights(user)["churn_risk"] >= RETENTION_RISK
+                state.retention_shown += at_risk
+                return [r.item_id for r in rec.recommend(user, k, rules=retention if at_risk else None).items]
             if name == "two_tower":  # the same candidates, retrieval order
                 result = rec.recommend(user, min(100, 5 * k))
                 ranked = sorted(result.items, key=lambda r: -r.retrieval_score) if result.personalized else result.items
@@ -219,6 +239,7 @@ class World:
     bought: dict[str, set[str]]
     loyalty: np.ndarray
     stores: dict[str, Any] = field(default_factory=dict)
+    retention_shown: int = 0  # visits that got the retention mix (pipeline_retention)
 
 
 def _record(rec, rows: list[dict]) -> None:
@@ -315,11 +336,12 @@ def run_policy(shop: Shop, policies: Policies, name: str, seed: int, cfg: Simula
         "cross_category_share": t["cross_category"] / max(t["impressions"], 1),
         "new_item_share": t["new_item_impressions"] / max(t["impressions"], 1),
         "visits": t["visits"], "purchases": t["purchases"], "daily": daily,
+        "retention_share": world.retention_shown / max(t["visits"], 1),
     }
 
 
 METRICS = ("ctr", "conversion_per_impression", "conversion_per_visit", "revenue_per_visit", "return_rate",
-           "coverage", "cross_category_share", "new_item_share")
+           "coverage", "cross_category_share", "new_item_share", "retention_share")
 
 
 def simulate(ws: Workspace, cfg: SimulationConfig = SimulationConfig(), out_dir: Path | None = None,
@@ -374,7 +396,7 @@ def _daily_mean(rs: list[dict[str, Any]]) -> list[float]:
 
 def _targets(summary: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, for the best pipeline policy present."""
-    pipes = [p for p in ("pipeline_lstm", "pipeline_dcn") if p in summary]
+    pipes = [p for p in ("pipeline_lstm", "pipeline_dcn", "pipeline_retention") if p in summary]
     if not pipes or "popularity" not in summary or "oracle" not in summary:
         return {}
     best = max(pipes, key=lambda p: summary[p]["conversion_per_impression"]["mean"])

@@ -28,6 +28,9 @@ def trained_workspace(tmp_path_factory: pytest.TempPathFactory):
     training.train_retrieval(ws, cfg)
     training.build_index(ws, cfg)
     training.train_ranking(ws, cfg)
+    from shoprec.churn import train_churn
+
+    train_churn(ws, verbose=0)
     return ws
 
 
@@ -55,3 +58,28 @@ def client(grpc_server):
     with RecommenderClient(grpc_server.address) as c:
         c.wait_ready()
         yield c
+
+
+@pytest.fixture()
+def planted():
+    """``with planted(path, rows):`` appends rows to a feature table for the block, then restores it.
+
+    For leakage tests: plant a value where it must not be seen (or, as a control, where it must).
+    """
+    import shutil
+    from contextlib import contextmanager
+
+    import pandas as pd
+
+    @contextmanager
+    def plant(path: Path, rows: pd.DataFrame):
+        backup = path.with_suffix(".bak")
+        shutil.copy2(path, backup)
+        try:
+            table = pd.read_parquet(path)
+            pd.concat([table, rows[table.columns]], ignore_index=True).to_parquet(path, index=False)
+            yield
+        finally:
+            backup.replace(path)
+
+    return plant

@@ -153,3 +153,39 @@ class CartRequest(_message.Message):
     k: int
     user_id: str
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class UserInsightsRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class Driver(_message.Message):
+    __slots__ = ("feature", "value", "contribution", "description")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    value: float
+    contribution: float
+    description: str
+    def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...
+
+class UserInsightsResponse(_message.Message):
+    __slots__ = ("user_id", "churn_risk", "horizon_days", "drivers", "segment", "degraded", "churn_version")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CHURN_RISK_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_DAYS_FIELD_NUMBER: _ClassVar[int]
+    DRIVERS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    CHURN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    churn_risk: float
+    horizon_days: int
+    drivers: _containers.RepeatedCompositeFieldContainer[Driver]
+    segment: str
+    degraded: bool
+    churn_version: str
+    def __init__(self, user_id: _Optional[str] = ..., churn_risk: _Optional[float] = ..., horizon_days: _Optional[int] = ..., drivers: _Optional[_Iterable[_Union[Driver, _Mapping]]] = ..., segment: _Optional[str] = ..., degraded: _Optional[bool] = ..., churn_version: _Optional[str] = ...) -> None: ...

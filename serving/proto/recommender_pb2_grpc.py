@@ -59,6 +59,11 @@ class RecommenderStub:
                 request_serializer=serving_dot_proto_dot_recommender__pb2.CartRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_recommender__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.GetUserInsights = channel.unary_unary(
+                '/shoprec.v1.Recommender/GetUserInsights',
+                request_serializer=serving_dot_proto_dot_recommender__pb2.UserInsightsRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_recommender__pb2.UserInsightsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -102,6 +107,14 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUserInsights(self, request, context):
+        """Churn early warning for one user: the risk of not coming back within the model's horizon,
+        its main drivers and the user's segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.CartRecommendations,
                     request_deserializer=serving_dot_proto_dot_recommender__pb2.CartRequest.FromString,
                     response_serializer=serving_dot_proto_dot_recommender__pb2.RecommendResponse.SerializeToString,
+            ),
+            'GetUserInsights': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserInsights,
+                    request_deserializer=serving_dot_proto_dot_recommender__pb2.UserInsightsRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_recommender__pb2.UserInsightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class Recommender:
             '/shoprec.v1.Recommender/CartRecommendations',
             serving_dot_proto_dot_recommender__pb2.CartRequest.SerializeToString,
             serving_dot_proto_dot_recommender__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserInsights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoprec.v1.Recommender/GetUserInsights',
+            serving_dot_proto_dot_recommender__pb2.UserInsightsRequest.SerializeToString,
+            serving_dot_proto_dot_recommender__pb2.UserInsightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -176,3 +176,18 @@ def test_a_broken_new_version_keeps_the_old_one_serving(recommender, trained_wor
         import shutil
 
         shutil.rmtree(store.root / b.version)
+
+
+def test_user_insights_for_known_and_unknown_users(client, trained_workspace, recommender):
+    from feature_repo.artifacts import ArtifactStore
+
+    user = _top_user(trained_workspace)
+    r = client.user_insights(user)
+    assert 0.0 <= r.churn_risk <= 1.0 and r.segment in {"active_buyer", "browser", "at_risk", "lapsed"}
+    assert len(r.drivers) == 3 and all(d.feature and d.description for d in r.drivers)
+    assert r.horizon_days == 14 and r.churn_version == ArtifactStore(trained_workspace.models_dir / "churn").current_version()
+    new = client.user_insights("never-seen-before")
+    assert new.segment == "new" and not new.drivers and 0 < new.churn_risk < 1
+    with pytest.raises(grpc.RpcError) as err:
+        client.user_insights("")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("user_id:")

@@ -26,6 +26,11 @@ def test_online_store_down_degrades(trained_workspace):
         assert result.degraded and not result.personalized
         assert len(result.items) == 5
         assert not {s for r in result.items for s in r.source.split("+")} & {"two_tower", "cooccurrence"}
+    # A churn risk from no features would look like a real answer: that one fails loudly instead.
+    from serving.errors import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match="retry"):
+        rec.insights("u000001")
 
 
 def test_missing_models_fail_loudly(tmp_path):

@@ -4,9 +4,6 @@ Uses the session's trained workspace (real Feast offline store, real index and r
 """
 from __future__ import annotations
 
-import shutil
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,19 +12,6 @@ import pytest
 from feature_repo.artifacts import ArtifactStore
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def planted(path: Path, rows: pd.DataFrame):
-    """Append ``rows`` to a feature table for the duration of the block, then restore it."""
-    backup = path.with_suffix(".bak")
-    shutil.copy2(path, backup)
-    try:
-        table = pd.read_parquet(path)
-        pd.concat([table, rows[table.columns]], ignore_index=True).to_parquet(path, index=False)
-        yield
-    finally:
-        backup.replace(path)
 
 
 def _training_rows(ws, requests):
@@ -43,7 +27,7 @@ def _training_rows(ws, requests):
                      history_len=20, negatives=None)
 
 
-def test_a_planted_future_feature_value_cannot_change_a_training_row(trained_workspace):
+def test_a_planted_future_feature_value_cannot_change_a_training_row(trained_workspace, planted):
     """Rows stamped one second after each request (user and item tables) change nothing;
     the same rows one second before it do (so the test can fail)."""
     from shoprec.pipeline import load_clean

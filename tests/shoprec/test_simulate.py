@@ -13,7 +13,7 @@ from shoprec.simulate import SimulationConfig, line_plot_svg, simulate
 def run(trained_workspace, tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
     cfg = SimulationConfig(days=6, seeds=(0, 1), return_days=2, max_customers=200,
-                           policies=("random", "popularity", "pipeline_dcn", "oracle"))
+                           policies=("random", "popularity", "pipeline_dcn", "pipeline_retention", "oracle"))
     return simulate(trained_workspace, cfg, out, say=lambda _: None), out
 
 
@@ -25,8 +25,11 @@ def test_policies_order_as_the_hidden_truth_says(run):
     conv = {p: s["conversion_per_impression"]["mean"] for p, s in results["summary"].items()}
     assert conv["oracle"] > conv["pipeline_dcn"] > conv["popularity"] > conv["random"], conv
     assert results["summary"]["random"]["coverage"]["mean"] > results["summary"]["popularity"]["coverage"]["mean"]
+    # The retention policy changed the mix for some visits (customers at churn risk >= 0.3), not all.
+    assert 0 < results["summary"]["pipeline_retention"]["retention_share"]["mean"] < 1
+    assert results["summary"]["pipeline_dcn"]["retention_share"]["mean"] == 0
     t = results["targets"]
-    assert t["policy"] == "pipeline_dcn" and set(t["met"]) == {"2x_popularity", "70pct_oracle", "return_above_popularity"}
+    assert t["policy"] in ("pipeline_dcn", "pipeline_retention") and set(t["met"]) == {"2x_popularity", "70pct_oracle", "return_above_popularity"}
 
 
 @pytest.mark.slow
