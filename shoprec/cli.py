@@ -121,9 +121,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def print_recommendations(response, title: str = "") -> None:
-    flags = ("personalized" if response.personalized else "no stored history: context/popular items") + (
-        ", DEGRADED (feature store unreachable)" if response.degraded else "")
-    print(f"\n{title or 'user ' + response.user_id} ({flags})")
+    flags = "" if title else ("personalized" if response.personalized else "no stored history: context/popular items")
+    flags += ", DEGRADED (feature store unreachable)" if response.degraded else ""
+    print(f"\n{title or 'user ' + response.user_id}" + (f" ({flags.strip(', ')})" if flags else ""))
     print(render([{"rank": i + 1, "item": r.item_id, "category": r.category, "brand": r.brand,
                    "price": round(r.price, 2), "score": round(r.score, 4), "P(buy)": round(r.purchase_probability, 4),
                    "retrieval": round(r.retrieval_score, 4), "source": r.source, "reason": r.reason}

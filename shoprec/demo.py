@@ -36,7 +36,7 @@ def run_demo(ws: Workspace, preset: str = "default", seed: int = 0, cfg=None) ->
     from shoprec import pipeline, training
 
     cfg = cfg or training.TrainingConfig(seed=seed)
-    progress = Progress(total=9)
+    progress = Progress(total=10)
     started = time.perf_counter()
     progress.say(f"shoprec demo: preset={preset} seed={seed} workspace={ws.root}")
     with progress.step("generate the synthetic shop"):
@@ -63,6 +63,14 @@ def run_demo(ws: Workspace, preset: str = "default", seed: int = 0, cfg=None) ->
         progress.say(ranking_table(ws))
         progress.say(f"serving the {manifest['model']} ranker (better validation NDCG@10)")
 
+    with progress.step("train the churn early-warning model"):
+        from shoprec.churn import train_churn
+
+        _, manifest = train_churn(ws, verbose=0)
+        m = manifest["metrics"]
+        progress.say(f"churn within {manifest['horizon_days']} days: AUC {m['auc']:.3f} (days since last visit "
+                     f"alone {m['baseline_auc_days_since_last_visit']:.3f}), Brier {m['brier']:.3f}")
+
     from serving.client import RecommenderClient
     from serving.recommender import Recommender
     from serving.server import start
@@ -87,6 +95,10 @@ def run_demo(ws: Workspace, preset: str = "default", seed: int = 0, cfg=None) ->
                                           f"first-time visitor on the page of {item}")
                     print_recommendations(client.similar_items(item, k=5), f"similar to {item}")
                     print_recommendations(client.cart_recommendations([item], k=5), f"cart [{item}]")
+                insights = [client.user_insights(u) for u in users]
+                progress.say("\nchurn early warning (GetUserInsights):\n" + render(
+                    [{"user": r.user_id, "risk": round(r.churn_risk, 3), "segment": r.segment,
+                      "main driver": r.drivers[0].description if r.drivers else ""} for r in insights]))
     finally:
         running.stop()
     timings = {**progress.timings, "total": round(time.perf_counter() - started, 2)}
