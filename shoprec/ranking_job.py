@@ -6,8 +6,8 @@ had at that moment:
 
 - user features: Feast ``get_historical_features`` at the request time (the snapshots of the
   previous days; never the visit's own events);
-- item features: the latest ``item_stats`` snapshot at or before the request time (the table
-  Feast serves items from), i.e. point in time too;
+- item features: Feast ``get_historical_features`` of ``item_stats_fv`` at the request's day
+  start (the snapshot of the previous day; see ``PointInTimeItems``);
 - candidates: the serving ``CandidateSources`` (two-tower from the live index, co-occurrence
   fit on events before the label window, trending, new, popular) over the items that existed;
 - labels: how far down the funnel the user went with each candidate that day (click,
@@ -66,18 +66,31 @@ def funnel_requests(events: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp
 
 
 class PointInTimeItems:
-    """The ItemTable as of each request's day start (snapshots are stamped at day ends)."""
+    """The ItemTable as of each request's day start, from Feast ``get_historical_features``.
 
-    def __init__(self, stats: pd.DataFrame):
-        self.stats = stats
-        self._tables: dict[pd.Timestamp, ItemTable] = {}
+    One historical query for every (item, day) pair the requests need: the latest
+    ``item_stats_fv`` row at or before the day start (snapshots are stamped at day ends), so an
+    item's popularity never counts the day it is ranked on, and an item launched later does not
+    exist yet. Every visit of a day shares the day's table.
+    """
+
+    def __init__(self, ws: Workspace, days: list[pd.Timestamp]):
+        store = open_store(ws)
+        view = store.get_feature_view("item_stats_fv")
+        names = [f.name for f in view.features]
+        item_ids = pd.read_parquet(ws.features_dir / "item_stats.parquet", columns=["item_id"])["item_id"].unique()
+        days = sorted({pd.Timestamp(d).floor("D") for d in days})
+        entity = pd.DataFrame({"item_id": np.tile(item_ids, len(days)),
+                               "event_timestamp": np.repeat(pd.DatetimeIndex(days), len(item_ids))})
+        rows = store.get_historical_features(entity_df=entity, features=[f"item_stats_fv:{n}" for n in names]).to_df()
+        rows = rows[rows["category"].notna()]  # no row at or before the day: the item did not exist yet
+        rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+        self._tables = {day: ItemTable.from_stats(part) for day, part in rows.groupby("event_timestamp")}
 
     def at(self, time: pd.Timestamp) -> ItemTable:
-        # The day start, not the request time: the same table for every visit of the day, and an
-        # item launched later that day cannot leak into an earlier visit.
         day = time.floor("D")
         if day not in self._tables:
-            self._tables[day] = ItemTable.from_stats(self.stats[self.stats["event_timestamp"] <= day])
+            raise KeyError(f"no item table for {day}: pass every request's day to PointInTimeItems")
         return self._tables[day]
 
 
@@ -203,19 +216,21 @@ def train_ranking(ws: Workspace, cfg: Any) -> tuple[str, dict[str, Any]]:
     retrieval = Retrieval.load(ws)
     vocab = ItemVocabulary(list(retrieval.index.item_ids))
     cooccurrence = fit_cooccurrence(events, label_start, list(retrieval.index.item_ids))
-    items = PointInTimeItems(pd.read_parquet(ws.features_dir / "item_stats.parquet"))
     say = print if cfg.verbose else (lambda *a, **k: None)
 
     train_req = funnel_requests(events, label_start, cutoff, cfg.max_ranking_requests, cfg.seed)
+    test_req = None
+    if cfg.holdout_days > 0:
+        end = events["timestamp"].max() + pd.Timedelta(seconds=1)
+        test_req = funnel_requests(events, cutoff, end, cfg.ranking_eval_requests, cfg.seed)
+    items = PointInTimeItems(ws, list(train_req.times) + (list(test_req.times) if test_req else []))
     data = build_set(ws, retrieval, cooccurrence, items, train_req, vocab, cfg.ranking_history_len,
                      negatives=cfg.ranking_negatives, seed=cfg.seed)
     groups = np.unique(data.group)
     split = groups[int(0.9 * len(groups))]  # groups follow request time
     train, valid = data.take(groups[groups < split]), data.take(groups[groups >= split])
     holdout = None
-    if cfg.holdout_days > 0:
-        end = events["timestamp"].max() + pd.Timedelta(seconds=1)
-        test_req = funnel_requests(events, cutoff, end, cfg.ranking_eval_requests, cfg.seed)
+    if test_req is not None:
         holdout = build_set(ws, retrieval, cooccurrence, items, test_req, vocab, cfg.ranking_history_len,
                             negatives=None, seed=cfg.seed)
     say(f"ranking sets: train {len(train)} rows / valid {len(valid)} / holdout {len(holdout) if holdout else 0}")

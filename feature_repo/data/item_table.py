@@ -46,7 +46,9 @@ class ItemTable:
     @classmethod
     def from_stats(cls, item_stats: pd.DataFrame) -> "ItemTable":
         """From an item_stats feature table (all snapshots or only the latest ones)."""
-        df = latest(item_stats, "item_id")
+        # Positions in item id order, whatever order the rows came in (Feast's output order is
+        # not stable): ties in the popularity lists break the same way every time.
+        df = latest(item_stats, "item_id").sort_values("item_id", kind="stable").reset_index(drop=True)
 
         def column(name: str) -> np.ndarray | None:
             return df[name].to_numpy(dtype="float64") if name in df else None

@@ -22,7 +22,7 @@ def _training_rows(ws, requests):
     retrieval = Retrieval.load(ws)
     events = load_clean(ws, "events")
     cooc = fit_cooccurrence(events, requests.times.min(), list(retrieval.index.item_ids))
-    items = PointInTimeItems(pd.read_parquet(ws.features_dir / "item_stats.parquet"))
+    items = PointInTimeItems(ws, list(requests.times))
     return build_set(ws, retrieval, cooc, items, requests, ItemVocabulary(list(retrieval.index.item_ids)),
                      history_len=20, negatives=None)
 
