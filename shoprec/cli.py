@@ -224,7 +224,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
     policies = tuple(args.policies.split(",")) if args.policies else POLICIES
     cfg = SimulationConfig(days=args.days, k=args.k, seeds=tuple(range(args.seeds)), return_days=args.return_days,
-                           max_customers=args.customers, policies=policies)
+                           max_customers=args.customers, policies=policies, nightly=args.nightly)
     ws = _ws(args)
     out = Path(args.out) if args.out else ws.root / "simulation"
     simulate(ws, cfg, out)
@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--policies", default="", help="comma-separated subset of: random, popularity, cooccurrence, "
                                                    "two_tower, pipeline_dcn, pipeline_lstm, oracle (default all)")
     sp.add_argument("--out", default=None, help="report directory (default <workspace>/simulation)")
+    sp.add_argument("--nightly", action="store_true",
+                    help="run the nightly batch jobs (features + materialization) between days for every "
+                         "pipeline policy (slower)")
     sp = add("demo", cmd_demo, "the whole pipeline on the synthetic shop, then real gRPC queries")
     data_args(sp)
     train_args(sp)

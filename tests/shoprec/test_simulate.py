@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from feature_repo.errors import ConfigError
@@ -63,3 +65,28 @@ def test_bad_settings_name_the_field(tmp_path, kwargs, field):
 def test_svg_plot_has_one_line_per_series():
     svg = line_plot_svg({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.2, 0.1]}, "t")
     assert svg.count("<polyline") == 2 and svg.endswith("</svg>")
+
+
+@pytest.mark.slow
+def test_nightly_jobs_feed_the_days_events_into_the_batch_features(trained_workspace, tmp_path, monkeypatch):
+    """With nightly jobs the pipeline world's clean history grows by the simulated events and
+    the server reloads the rebuilt item features."""
+    from shoprec import simulate as sim
+
+    seen = []
+    original = sim.nightly_jobs
+
+    def spy(rec, events, shop):
+        before = rec.models.fingerprint
+        original(rec, events, shop)
+        clean = pd.read_parquet(rec.ws.clean_dir / "events.parquet")
+        seen.append((len(events), int(clean["session_id"].str.startswith("sim-").sum()),
+                     before != rec.models.fingerprint))
+
+    monkeypatch.setattr(sim, "nightly_jobs", spy)
+    cfg = SimulationConfig(days=3, seeds=(0,), return_days=1, max_customers=100, policies=("pipeline_dcn",),
+                           nightly=True)
+    simulate(trained_workspace, cfg, tmp_path, say=lambda _: None)
+    assert len(seen) == 3
+    assert [s[1] for s in seen] == list(np.cumsum([s[0] for s in seen]))  # every day's events, once
+    assert all(s[2] for s in seen)  # each night's features were reloaded
