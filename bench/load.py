@@ -1,0 +1,431 @@
+"""Load generator for the gRPC service: fixed concurrency, warm-up, measured window, percentiles.
+
+C coroutines (grpc.aio, each on its own channel/TCP connection so that SO_REUSEPORT can spread
+them over server processes) send requests back to back; requests started during the warm-up are
+not measured; requests started in the measured window count (p50/p90/p99 over the successful
+ones, QPS = measured requests / window, errors by status code). Recommend (k=20) goes to real
+user ids of the workspace (a seeded sample of users with events; ``--unknown-share`` of new ids).
+Baseline in the same run: GetInfo, a trivial unary call, at the same concurrency, alternated
+with Recommend in every repetition. The client runs in this process and the server in its own
+(``shoprec serve --processes N`` started here, or ``--address`` of a running one); CPU time of
+each, and of everything else on the machine, is read from /proc over every window, because on
+2 cores client and server compete for the same CPUs.
+
+Then, per server: RecordEvents → visible latency (a purchase of the user's top item, a view of
+an item outside the page; poll Recommend until the page changes), idle and under background
+load. Finally, in this process after the servers are gone: candidates actually ranked per quota
+setting, and the naive path (bench/naive_path.py) against the design's, sequential and on 8
+threads.
+
+    .venv/bin/python bench/load.py --workspace /tmp/load_ws --servers 1 2 2:two_tower=520 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.load_server import ServerProcess, cpu_snapshot, cpu_usage, loadavg  # noqa: E402
+from serving.proto import recommender_pb2 as pb  # noqa: E402
+from serving.proto import recommender_pb2_grpc as pb_grpc  # noqa: E402
+
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+
+
+def per_request_cpu(out: dict) -> dict:
+    """CPU milliseconds per request of the server and of the client: steadier than QPS on a
+    shared machine, and what decides throughput once the cores are full."""
+    for side in ("server", "client"):
+        out[f"{side}_cpu_ms_per_req"] = round(out[f"{side}_cores"] * 1000 / out["qps"], 3) if out["qps"] else None
+    return out
+
+
+def summary(lat_s: list[float], window_s: float, errors: dict[str, int]) -> dict:
+    ms = np.array(lat_s) * 1000 if lat_s else np.array([np.nan])
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3), "max_ms": round(float(ms.max()), 3),
+            "n": len(lat_s), "qps": round((len(lat_s) + sum(errors.values())) / window_s, 1), "errors": errors}
+
+
+async def load_run(address: str, method: str, requests: list, concurrency: int, warmup_s: float,
+                   duration_s: float, max_requests: int, deadline_s: float, server_pids=lambda: [],
+                   stop: asyncio.Event | None = None) -> dict:
+    """One measured window at fixed concurrency; ``method`` is "Recommend" or "GetInfo".
+
+    With ``stop``, the window lasts until it is set (background load for the freshness test).
+    """
+    channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(concurrency)]
+    await asyncio.gather(*(c.channel_ready() for c in channels))
+    calls = [getattr(pb_grpc.RecommenderStub(c), method) for c in channels]
+    counter = iter(range(1 << 62))
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    personalized = [0]
+    loop = asyncio.get_running_loop()
+    window = {"start": loop.time() + warmup_s, "end": float("inf")}
+    done = asyncio.Event()
+
+    async def worker(call) -> None:
+        while not done.is_set():
+            req = requests[next(counter) % len(requests)]
+            t0 = loop.time()
+            try:
+                resp = await call(req, timeout=deadline_s)
+                code = "OK"
+            except grpc.aio.AioRpcError as e:
+                code = e.code().name
+            t1 = loop.time()
+            if window["start"] <= t0 < window["end"]:
+                if code == "OK":
+                    lat.append(t1 - t0)
+                    personalized[0] += bool(getattr(resp, "personalized", False))
+                else:
+                    errors[code] = errors.get(code, 0) + 1
+                if max_requests and len(lat) + sum(errors.values()) >= max_requests:
+                    window["end"] = t1
+                    done.set()
+
+    async def clock() -> dict:
+        await asyncio.sleep(warmup_s)
+        before = cpu_snapshot(server_pids())
+        try:
+            if stop is not None:
+                await stop.wait()
+                raise asyncio.TimeoutError
+            await asyncio.wait_for(done.wait(), timeout=duration_s if not max_requests else None)
+        except asyncio.TimeoutError:
+            window["end"] = loop.time()
+        done.set()
+        return cpu_usage(before, cpu_snapshot(server_pids()))
+
+    workers = [asyncio.create_task(worker(c)) for c in calls]
+    cpu = await clock()
+    await asyncio.gather(*workers)
+    await asyncio.gather(*(c.close() for c in channels))
+    out = summary(lat, window["end"] - window["start"], errors)
+    out.update(cpu)
+    per_request_cpu(out)
+    out.update(personalized_share=round(personalized[0] / max(len(lat), 1), 3) if method == "Recommend" else None)
+    return out
+
+
+async def open_loop(address: str, requests: list, rate: float, warmup_s: float, duration_s: float,
+                    deadline_s: float, server_pids=lambda: [], channels_n: int = 8, max_in_flight: int = 256,
+                    seed: int = 0) -> dict:
+    """Poisson arrivals at ``rate`` per second, whatever the server's speed (a shop's traffic does
+    not wait for the previous answer). Latency counts from the scheduled send time, so a client
+    or server that falls behind shows up in the percentiles instead of slowing the arrivals.
+    Arrivals beyond ``max_in_flight`` outstanding calls are counted as shed, not sent."""
+    channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(channels_n)]
+    await asyncio.gather(*(c.channel_ready() for c in channels))
+    calls = [pb_grpc.RecommenderStub(c).Recommend for c in channels]
+    loop = asyncio.get_running_loop()
+    rng = random.Random(seed)
+    start = loop.time() + warmup_s
+    end = start + duration_s
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    shed = [0]
+    tasks: set[asyncio.Task] = set()
+
+    async def one(n: int, t_sched: float) -> None:
+        try:
+            await calls[n % channels_n](requests[n % len(requests)], timeout=deadline_s)
+            code = "OK"
+        except grpc.aio.AioRpcError as e:
+            code = e.code().name
+        if t_sched >= start:
+            if code == "OK":
+                lat.append(loop.time() - t_sched)
+            else:
+                errors[code] = errors.get(code, 0) + 1
+
+    t_sched, n, before = loop.time(), 0, None
+    while t_sched < end:
+        t_sched += rng.expovariate(rate)
+        await asyncio.sleep(max(0.0, t_sched - loop.time()))
+        if before is None and t_sched >= start:
+            before = cpu_snapshot(server_pids())
+        if len(tasks) >= max_in_flight:
+            shed[0] += t_sched >= start
+            continue
+        task = asyncio.create_task(one(n, t_sched))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        n += 1
+    cpu = cpu_usage(before, cpu_snapshot(server_pids()))
+    await asyncio.gather(*tasks)
+    await asyncio.gather(*(c.close() for c in channels))
+    out = summary(lat, duration_s, errors)
+    out.update(cpu)
+    per_request_cpu(out)
+    out.update(offered_qps=rate, shed=shed[0])
+    return out
+
+
+async def freshness(address: str, users: list[str], event_type: str, k: int, timeout_s: float,
+                    pool_users: list[str], background=None) -> dict:
+    """Per user: the page before, one event, then Recommend back to back until the page changes.
+
+    purchase: of the top item (also records when that item leaves the page; a repeat-purchase
+    item may stay); view/add_to_cart: of an item not on the page (from other users' pages).
+    """
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        item_pool: list[str] = []  # items on other users' pages: what a view "outside the page" picks from
+        for u in pool_users[:20]:
+            page = await stub.Recommend(pb.RecommendRequest(user_id=u, k=k), timeout=5)
+            item_pool += [r.item_id for r in page.items if r.item_id not in item_pool]
+        stop = asyncio.Event()
+        bg = asyncio.create_task(background(stop)) if background is not None else None
+        if bg is not None:
+            await asyncio.sleep(2.0)  # let the background load reach steady state
+        changed, gone, ack, polls, rejected = [], [], [], [], 0
+        loop = asyncio.get_running_loop()
+        for n, user in enumerate(users):
+            before = await stub.Recommend(pb.RecommendRequest(user_id=user, k=k), timeout=5)
+            ids = [r.item_id for r in before.items]
+            if not ids:
+                continue
+            item = ids[0] if event_type == "purchase" else next(i for i in item_pool[n % len(item_pool):] + item_pool
+                                                                if i not in ids)
+            price = before.items[0].price if event_type == "purchase" else 0.0
+            t0 = loop.time()
+            resp = await stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(
+                user_id=user, item_id=item, event_type=event_type, price=price)]), timeout=5)
+            ack.append(loop.time() - t0)
+            if resp.accepted != 1:
+                rejected += 1
+                continue
+            t_changed = t_gone = None
+            count = 0
+            while loop.time() - t0 < timeout_s and (t_changed is None or (event_type == "purchase" and t_gone is None)):
+                page = [r.item_id for r in (await stub.Recommend(pb.RecommendRequest(user_id=user, k=k), timeout=5)).items]
+                count += 1
+                now = loop.time() - t0
+                if t_changed is None and page != ids:
+                    t_changed = now
+                if t_gone is None and item not in page:
+                    t_gone = now
+            changed.append(t_changed)
+            gone.append(t_gone)
+            polls.append(count)
+        stop.set()
+        bg_result = await bg if bg is not None else None
+
+    def dist(values: list) -> dict:
+        seen = np.array([v for v in values if v is not None]) * 1000
+        if not len(seen):
+            return {"visible": 0, "of": len(values)}
+        return {"visible": len(seen), "of": len(values), "p50_ms": round(float(np.percentile(seen, 50)), 2),
+                "p90_ms": round(float(np.percentile(seen, 90)), 2), "p99_ms": round(float(np.percentile(seen, 99)), 2),
+                "max_ms": round(float(seen.max()), 2),
+                "share_within_1s": round(float(np.sum(seen <= 1000) / len(values)), 4)}
+
+    out = {"event": event_type, "users": len(users), "rejected": rejected, "page_changed": dist(changed),
+           "record_events_p50_ms": round(float(np.median(ack)) * 1000, 2) if ack else None,
+           "polls_p50": float(np.median(polls)) if polls else None}
+    if event_type == "purchase":
+        out["item_left_page"] = dist(gone)
+    if bg_result is not None:
+        out["background_load"] = bg_result
+    return out
+
+
+def pick_users(ws_root: Path, n: int, seed: int) -> list[str]:
+    """A seeded shuffle of users with events in the clean tables (known to the online store)."""
+    import pyarrow.parquet as pq
+
+    users = sorted(set(pq.read_table(ws_root / "data" / "clean" / "events.parquet", columns=["user_id"])
+                       .column("user_id").to_pylist()))
+    random.Random(seed).shuffle(users)
+    return users[:n]
+
+
+def parse_server(spec: str) -> tuple[int, dict[str, int]]:
+    """"2" → 2 processes, default quotas; "2:two_tower=520,cooccurrence=50" → with those quotas."""
+    procs, _, quotas = spec.partition(":")
+    return int(procs), {k: int(v) for k, v in (kv.split("=") for kv in quotas.split(",") if kv)}
+
+
+def median_of(runs: list[dict]) -> dict:
+    keys = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "qps", "client_cores", "server_cores", "other_cores",
+            "server_cpu_ms_per_req", "client_cpu_ms_per_req")
+    out = {k: round(float(np.median([r[k] for r in runs])), 3) for k in keys if all(k in r for r in runs)}
+    errors: dict[str, int] = {}
+    for r in runs:
+        for code, count in r["errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    out.update(n=sum(r["n"] for r in runs), errors=errors, repeats=len(runs),
+               loadavg_1m=[min(r["loadavg_1m"] for r in runs), max(r["loadavg_1m"] for r in runs)])
+    if runs[0].get("per_process_cores"):
+        out["per_process_cores"] = runs[len(runs) // 2]["per_process_cores"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workspace", default="var", help="trained workspace (RecordEvents writes to its online store)")
+    p.add_argument("--address", default=None, help="load a running server instead of starting one")
+    p.add_argument("--servers", nargs="+", default=["1", "2"],
+                   help="server setups to start, each PROCESSES[:QUOTA=N,...] (quotas of serving/candidates.py)")
+    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds not measured, per window")
+    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per window")
+    p.add_argument("--rates", nargs="*", type=float, default=[],
+                   help="also open-loop Recommend at these arrival rates (requests/s, Poisson)")
+    p.add_argument("--requests", type=int, default=0, help="end each window after this many requests instead")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--users", type=int, default=2000, help="known users in the request mix")
+    p.add_argument("--unknown-share", type=float, default=0.0, help="share of requests for unknown user ids")
+    p.add_argument("--deadline", type=float, default=2.0, help="per-call deadline in seconds")
+    p.add_argument("--fresh-users", type=int, default=50, help="users per RecordEvents freshness test (0: skip)")
+    p.add_argument("--fresh-events", default="purchase,view")
+    p.add_argument("--fresh-load", type=int, default=8, help="background concurrency for the test under load (0: skip)")
+    p.add_argument("--naive-requests", type=int, default=200, help="sequential calls per in-process path (0: skip)")
+    p.add_argument("--naive-duration", type=float, default=15.0, help="measured seconds of the threaded runs")
+    p.add_argument("--naive-threads", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-dir", default="/tmp/shoprec_load_logs")
+    p.add_argument("--out", default=None, help="write the JSON here too")
+    args = p.parse_args()
+
+    ws = Path(args.workspace).resolve()
+    pool = pick_users(ws, args.users + 20 * args.fresh_users + 500, args.seed)
+    load_users, fresh_pool = pool[: args.users], pool[args.users:]
+    rng = random.Random(args.seed)
+    ids = [u if rng.random() >= args.unknown_share else f"load-new-{i}" for i, u in enumerate(load_users * 5)]
+    requests = {"Recommend": [pb.RecommendRequest(user_id=u, k=args.k) for u in ids], "GetInfo": [pb.GetInfoRequest()]}
+    setups = [("external", 0, {})] if args.address else [(s, *parse_server(s)) for s in args.servers]
+    result = {"machine": machine(), "workspace": str(ws), "args": vars(args), "load": [], "open_loop": [], "freshness": []}
+
+    for n_setup, (name, processes, quotas) in enumerate(setups):
+        server = None if args.address else ServerProcess(ws, processes, quotas, Path(args.log_dir))
+        address = args.address or server.start()
+        pids = (lambda: []) if server is None else server.pids
+        try:
+            # A fresh server's first seconds are slow (first reads of each process, lazy imports,
+            # page cache): load it untimed before the first window.
+            asyncio.run(load_run(address, "Recommend", requests["Recommend"], 4, 0.0, 8.0, 0, 5.0, pids))
+            for c in args.concurrency:
+                runs = {"GetInfo": [], "Recommend": []}
+                for rep in range(args.repeats):
+                    for method in ("GetInfo", "Recommend"):  # baseline alternates with the target
+                        r = asyncio.run(load_run(address, method, requests[method], c, args.warmup, args.duration,
+                                                 args.requests, args.deadline, pids))
+                        r["loadavg_1m"] = loadavg()[0]
+                        runs[method].append(r)
+                        print(f"[{name}] {method} C={c} rep {rep + 1}: p50 {r['p50_ms']} p99 {r['p99_ms']} ms, "
+                              f"{r['qps']} QPS, errors {r['errors']}, load {r['loadavg_1m']}", file=sys.stderr)
+                for method, rs in runs.items():
+                    result["load"].append({"server": name, "processes": processes, "quotas": quotas or "default",
+                                           "method": method, "concurrency": c, **median_of(rs), "runs": rs})
+            for rate in args.rates:
+                rs = []
+                for rep in range(args.repeats):
+                    r = asyncio.run(open_loop(address, requests["Recommend"], rate, args.warmup, args.duration,
+                                              args.deadline, pids, seed=args.seed + rep))
+                    r["loadavg_1m"] = loadavg()[0]
+                    rs.append(r)
+                    print(f"[{name}] open loop {rate}/s rep {rep + 1}: p50 {r['p50_ms']} p99 {r['p99_ms']} ms, "
+                          f"{r['qps']} QPS, errors {r['errors']}, shed {r['shed']}, load {r['loadavg_1m']}",
+                          file=sys.stderr)
+                result["open_loop"].append({"server": name, "processes": processes, "quotas": quotas or "default",
+                                            "offered_qps": rate, **median_of(rs),
+                                            "shed": sum(r["shed"] for r in rs), "runs": rs})
+            for k_fresh, event in enumerate(args.fresh_events.split(",") if args.fresh_users else []):
+                for under_load in ([0, args.fresh_load] if args.fresh_load else [0]):
+                    lo = ((n_setup * 4) + k_fresh * 2 + bool(under_load)) * args.fresh_users
+                    users = fresh_pool[lo: lo + args.fresh_users]
+                    bg = None
+                    if under_load:
+                        def bg(stop, c=under_load):
+                            return load_run(address, "Recommend", requests["Recommend"], c, 0.0, 0.0, 0,
+                                            args.deadline, pids, stop)
+                    r = asyncio.run(freshness(address, users, event, args.k, 5.0, load_users, bg))
+                    r.update(server=name, background_concurrency=under_load, loadavg_1m=loadavg()[0])
+                    result["freshness"].append(r)
+                    print(f"[{name}] freshness {event} bg={under_load}: {r['page_changed']}", file=sys.stderr)
+        finally:
+            if server is not None:
+                server.stop()
+
+    if args.naive_requests and not args.address:
+        from bench.naive_path import inprocess
+
+        result["inprocess"] = inprocess(ws, load_users, [parse_server(s)[1] for s in args.servers], args)
+    report(result, args.out)
+
+
+def machine() -> dict:
+    import subprocess as sp
+
+    root = Path(__file__).resolve().parents[1]
+    git = lambda *a: sp.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()  # noqa: E731 - read-only
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+            "grpcio": grpc.__version__, "commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_files": git("status", "--short").splitlines(),
+            "note": "client (this process) and server processes share the same cores"}
+
+
+def cpu_columns(r: dict) -> dict:
+    return {"server_ms/req": r.get("server_cpu_ms_per_req", ""), "client_ms/req": r.get("client_cpu_ms_per_req", ""),
+            "server_cores": r.get("server_cores", ""),
+            "per_process": "+".join(map(str, r.get("per_process_cores", []))) if r["processes"] > 1 else "",
+            "other_cores": r.get("other_cores", ""), "load_1m": "–".join(map(str, r["loadavg_1m"]))}
+
+
+def report(result: dict, out: str | None) -> None:
+    from shoprec.table import render
+
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if out:
+        Path(out).write_text(text)
+    rows = []
+    base = {(r["server"], r["concurrency"]): r["p50_ms"] for r in result["load"] if r["method"] == "GetInfo"}
+    for r in result["load"]:
+        rows.append({"server": r["server"], "method": r["method"], "C": r["concurrency"], "p50_ms": r["p50_ms"],
+                     "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "qps": r["qps"],
+                     "errors": sum(r["errors"].values()),
+                     "p50/GetInfo": round(r["p50_ms"] / base[(r["server"], r["concurrency"])], 1),
+                     **cpu_columns(r)})
+    print(render(rows))
+    if result["open_loop"]:
+        print(render([{"server": r["server"], "offered_qps": r["offered_qps"], "p50_ms": r["p50_ms"],
+                       "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "qps": r["qps"],
+                       "errors": sum(r["errors"].values()), "shed": r["shed"], **cpu_columns(r)}
+                      for r in result["open_loop"]]))
+    if result["freshness"]:
+        print(render([{"server": f["server"], "event": f["event"], "bg_C": f["background_concurrency"],
+                       "visible": f"{f['page_changed']['visible']}/{f['page_changed']['of']}",
+                       **{k: f["page_changed"].get(k, "") for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms",
+                                                                      "share_within_1s")},
+                       "ack_p50_ms": f["record_events_p50_ms"], "load_1m": f["loadavg_1m"]}
+                      for f in result["freshness"]]))
+    if result.get("inprocess"):
+        ip = result["inprocess"]
+        print(render(ip["candidates"]))
+        print(render(ip["paths"]))
+        print(render(ip["steps"]))
+
+
+if __name__ == "__main__":
+    main()
