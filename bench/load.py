@@ -17,7 +17,9 @@ load. Finally, in this process after the servers are gone: candidates actually r
 setting, and the naive path (bench/naive_path.py) against the design's, sequential and on 8
 threads.
 
-    .venv/bin/python bench/load.py --workspace /tmp/load_ws --servers 1 2 2:two_tower=520 --repeats 3
+    cp -r var /tmp/load_ws   # a trained workspace; RecordEvents writes into its online store
+    .venv/bin/python bench/load.py --workspace /tmp/load_ws --servers 1 2 2:two_tower=520 \
+        --concurrency 1 8 --rates 100 200 400 --repeats 3 --out /tmp/load.json   # ~30 min
 """
 from __future__ import annotations
 
@@ -27,11 +29,7 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
