@@ -106,8 +106,7 @@ class Paths:
         from ranking.features import rank_features
 
         steps = {} if steps is None else steps
-        m = self.rec.models
-        c = self._candidates(user_id, steps)
+        m, c = self.rec.models, self._candidates(user_id, steps)
         if c is None:
             return np.array([])
         user, history, types, positions, retrieval = c
@@ -126,8 +125,7 @@ class Paths:
         from ranking.features import rank_features
 
         steps = {} if steps is None else steps
-        m = self.rec.models
-        c = self._candidates(user_id, steps)
+        m, c = self.rec.models, self._candidates(user_id, steps)
         if c is None:
             return np.array([])
         user, history, types, positions, retrieval = c
