@@ -42,21 +42,41 @@ def _num(user: Mapping[str, Any], key: str) -> float:
     return float(v) if v is not None else 0.0
 
 
-def cooccurrence_scores(cooccurrence: Any, history: list[str], item_ids: np.ndarray) -> np.ndarray:
-    """[2, len(item_ids)]: evidence from the recent items and from the last one (0 = none)."""
+def cooccurrence_scores(cooccurrence: Any, history: list[str], item_ids: np.ndarray,
+                        rows: np.ndarray | None = None) -> np.ndarray:
+    """[2, len(item_ids)]: evidence from the recent items and from the last one (0 = none).
+
+    ``rows``: the items' rows in the co-occurrence model (-1: not in it), if the caller keeps
+    that map; looked up by id otherwise."""
     out = np.zeros((2, len(item_ids)), dtype=np.float32)
     if cooccurrence is None or not history:
         return out
-    cols = np.array([cooccurrence.position.get(i, -1) for i in item_ids], dtype=np.int64)
-    known = cols >= 0
-    scores = cooccurrence.score_histories([history, history[-1:]])
-    out[:, known] = scores[:, cols[known]]
+    cols = rows if rows is not None else np.array([cooccurrence.position.get(i, -1) for i in item_ids], dtype=np.int64)
+    for row, h in enumerate((history, history[-1:])):
+        rows, scores = cooccurrence.sparse_scores(h)  # ascending rows: look the candidates up
+        if not len(rows):
+            continue
+        at = np.minimum(np.searchsorted(rows, cols), len(rows) - 1)
+        hit = (cols >= 0) & (rows[at] == cols)
+        out[row, hit] = scores[at[hit]]
     return np.log1p(np.maximum(out, 0.0))
 
 
+def _share(codes: np.ndarray, recent: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Per candidate: the share of the recent items with the candidate's code (category, brand)."""
+    if not len(recent):
+        return np.zeros(len(candidates))
+    values, counts = np.unique(codes[recent], return_counts=True)
+    at = np.minimum(np.searchsorted(values, codes[candidates]), len(values) - 1)
+    return np.where(values[at] == codes[candidates], counts[at] / len(recent), 0.0)
+
+
 def rank_features(user: Mapping[str, Any], candidates: np.ndarray, retrieval_scores: np.ndarray,
-                  items: ItemTable, cooccurrence: Any = None) -> np.ndarray:
-    """[len(candidates), len(FEATURE_NAMES)] float32 matrix; ``candidates`` are ItemTable positions."""
+                  items: ItemTable, cooccurrence: Any = None, item_to_cooccurrence: np.ndarray | None = None) -> np.ndarray:
+    """[len(candidates), len(FEATURE_NAMES)] float32 matrix; ``candidates`` are ItemTable positions.
+
+    ``item_to_cooccurrence``: optional ItemTable position → co-occurrence row map (serving keeps
+    one; it saves a dict lookup per candidate)."""
     c = np.asarray(candidates, dtype=np.int64)
     n = len(c)
     recent = list(user.get("recent_items") or [])
@@ -65,16 +85,7 @@ def rank_features(user: Mapping[str, Any], candidates: np.ndarray, retrieval_sco
     avg_price = _num(user, "avg_purchase_price")
     price = items.price[c]
 
-    if len(recent_pos):
-        cats, cat_counts = np.unique(items.category[recent_pos], return_counts=True)
-        cat_share = dict(zip(cats, cat_counts / len(recent_pos)))
-        brands, brand_counts = np.unique(items.brand[recent_pos], return_counts=True)
-        brand_share = dict(zip(brands, brand_counts / len(recent_pos)))
-    else:
-        cat_share, brand_share = {}, {}
-    seen = set(recent)
-    carted = {i for i, t in zip(recent, types) if t == "add_to_cart"}
-    cand_ids = items.item_ids[c]
+    carted_pos = items.positions([i for i, t in zip(recent, types) if t == "add_to_cart"])
 
     x = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
     x[:, 0] = retrieval_scores
@@ -87,13 +98,14 @@ def rank_features(user: Mapping[str, Any], candidates: np.ndarray, retrieval_sco
     x[:, 7] = np.log1p(_num(user, "n_view"))
     x[:, 8] = np.log1p(_num(user, "n_purchase"))
     x[:, 9] = _num(user, "conversion_rate")
-    x[:, 10] = [cat_share.get(k, 0.0) for k in items.category[c]]
-    x[:, 11] = [brand_share.get(k, 0.0) for k in items.brand[c]]
-    x[:, 12] = [i in seen for i in cand_ids]
-    x[:, 13] = [i in carted for i in cand_ids]
+    x[:, 10] = _share(items.category_code, recent_pos, c)
+    x[:, 11] = _share(items.brand_code, recent_pos, c)
+    x[:, 12] = np.isin(c, recent_pos)
+    x[:, 13] = np.isin(c, carted_pos)
     x[:, 14] = np.log1p(items.n_view_7d[c])
     x[:, 15] = np.log1p(items.n_purchase_7d[c])
     created = items.created_epoch[c]
     x[:, 16] = np.where(created > 0, np.log1p(np.maximum(items.as_of_epoch - created, 0.0) / 86400.0), 0.0)
-    x[:, 17:19] = cooccurrence_scores(cooccurrence, recent, cand_ids).T
+    rows = item_to_cooccurrence[c] if item_to_cooccurrence is not None else None
+    x[:, 17:19] = cooccurrence_scores(cooccurrence, recent, items.item_ids[c], rows).T
     return x

@@ -164,11 +164,7 @@ class CooccurrenceModel:
                     users.append(u)
                     items.append(i)
                     weights.append(cfg.recency ** age)
-        items_a = np.asarray(items, dtype=np.int64)
-        starts = self.indptr[items_a]
-        lengths = self.indptr[items_a + 1] - starts
-        # positions of every neighbour entry of every (user, item) pair, without a Python loop
-        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        offsets, lengths = self._neighbour_offsets(np.asarray(items, dtype=np.int64))
         flat = np.repeat(np.asarray(users, dtype=np.int64), lengths) * n + self.indices[offsets]
         values = np.repeat(np.asarray(weights), lengths) * self.scores[offsets]
         return np.bincount(flat, weights=values, minlength=len(histories) * n).reshape(len(histories), n)
@@ -181,18 +177,53 @@ class CooccurrenceModel:
         repeat purchase (consumables) is the caller's rule. Fewer than ``k`` come back when the
         history's neighbours run out; other candidate sources fill the rest in serving.
         """
+        rows, scores = self.top(history, k, exclude)
+        return [(self.item_ids[i], float(s)) for i, s in zip(rows.tolist(), scores.tolist())]
+
+    def top(self, history: Sequence[str], k: int,
+            exclude: Iterable[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        """``recommend`` as arrays: model rows and scores, best first (ties: catalog order)."""
         if k < 1:
             raise ContractError(f"k={k} must be >= 1; pass how many items to return.")
-        scores = self.score_histories([list(history)])[0]
-        for item in exclude:
+        rows, scores = self.sparse_scores(history)
+        blocked = [self.position[i] for i in exclude if i in self.position]
+        if blocked:
+            scores = np.where(np.isin(rows, blocked), 0.0, scores)
+        keep = scores > 0
+        rows, scores = rows[keep], scores[keep]
+        if len(rows) > k:
+            best = np.argpartition(-scores, k - 1)[:k]
+            rows, scores = rows[best], scores[best]
+        order = np.lexsort((rows, -scores))
+        return rows[order], scores[order]
+
+    def sparse_scores(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """One row of ``score_histories`` as (model rows with evidence, ascending; their scores).
+
+        Serving's form: it costs the history's neighbour lists, not the catalog's size (a dense
+        row of a 1M-item catalog is 8 MB per request).
+        """
+        cfg = self.config
+        items, weights = [], []
+        for age, item in enumerate(reversed(list(history)[-cfg.recent:])):
             i = self.position.get(item)
             if i is not None:
-                scores[i] = 0.0
-        candidates = np.flatnonzero(scores > 0)
-        if len(candidates) > k:
-            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-        candidates = candidates[np.lexsort((candidates, -scores[candidates]))]
-        return [(self.item_ids[i], float(scores[i])) for i in candidates]
+                items.append(i)
+                weights.append(cfg.recency ** age)
+        if not items:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        offsets, lengths = self._neighbour_offsets(np.asarray(items, dtype=np.int64))
+        cols = self.indices[offsets].astype(np.int64)
+        values = np.repeat(np.asarray(weights), lengths) * self.scores[offsets]
+        rows, inverse = np.unique(cols, return_inverse=True)
+        return rows, np.bincount(inverse, weights=values, minlength=len(rows))
+
+    def _neighbour_offsets(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``indices``/``scores`` of every neighbour of every given row, in row
+        order without a Python loop, and the number per row."""
+        starts = self.indptr[items]
+        lengths = self.indptr[items + 1] - starts
+        return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum()), lengths
 
     def save(self, directory: Path) -> None:
         """``cooccurrence.npz`` (arrays), ``item_ids.json`` and ``cooccurrence.json`` (config, sizes)."""

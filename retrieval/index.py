@@ -83,13 +83,21 @@ class ItemIndex:
         return cls(index, ids, factory)
 
 
-def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Brute-force inner-product top-k positions (the oracle for recall)."""
-    scores = queries @ embeddings.T
+def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int, max_bytes: int = 1 << 28) -> np.ndarray:
+    """Brute-force inner-product top-k positions (the oracle for recall).
+
+    Queries go in chunks whose score matrix stays under ``max_bytes`` (256 MB): all at once,
+    100k users against 100k items would need 40 GB.
+    """
     k = min(k, embeddings.shape[0])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    rows = max(1, max_bytes // (4 * max(1, embeddings.shape[0])))
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), rows):
+        scores = queries[start:start + rows] @ embeddings.T
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        out[start:start + rows] = np.take_along_axis(part, order, axis=1)
+    return out
 
 
 def recall_vs_exact(index: ItemIndex, embeddings: np.ndarray, queries: np.ndarray, k: int) -> float:

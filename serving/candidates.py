@@ -6,16 +6,23 @@ that match the user's taste, item-to-item co-occurrence finds what goes with the
 items get a chance before they have any history, and popular items fill the rest and serve cold
 starts. Each source contributes up to its quota; an item found by several sources is kept once
 and remembers all of them (reported to the client, and useful to judge the sources).
+
+Candidates are arrays, not Python dicts: a request merges 300-600 of them, and per-item Python
+work here was a measurable share of a request's CPU (docs/benchmarks.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from feature_repo.data.item_table import ItemTable
 
 SOURCES = ("two_tower", "cooccurrence", "trending", "new", "popular")
+# Request-context sources (serving/recommender.py) share the same bits.
+ALL_SOURCES = SOURCES + ("cart", "viewed", "similar")
+_BIT = {name: 1 << i for i, name in enumerate(ALL_SOURCES)}
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,41 @@ class Quotas:
     similar: int = 30  # embedding neighbours of the viewed item (product pages)
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """ItemTable positions, each once, in the order first found; per position a bit per source."""
+
+    positions: np.ndarray  # int64
+    masks: np.ndarray  # int64, bit i set when ALL_SOURCES[i] found the item
+
+    @classmethod
+    def merge(cls, parts: Sequence[tuple[Iterable[int], str]]) -> "Candidates":
+        """One candidate list from (positions, source) parts, earlier parts first."""
+        arrays = [np.asarray(list(p) if not isinstance(p, np.ndarray) else p, dtype=np.int64) for p, _ in parts]
+        found = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+        if not len(found):
+            return cls(found, np.zeros(0, np.int64))
+        bits = np.concatenate([np.full(len(a), _BIT[s], np.int64) for a, (_, s) in zip(arrays, parts)])
+        unique, first, inverse = np.unique(found, return_index=True, return_inverse=True)
+        masks = np.zeros(len(unique), np.int64)
+        np.bitwise_or.at(masks, inverse, bits)
+        order = np.argsort(first, kind="stable")
+        return cls(unique[order], masks[order])
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __iter__(self):
+        return iter(self.positions.tolist())
+
+    @staticmethod
+    def names(mask: int) -> list[str]:
+        """The sources of one candidate, in source order."""
+        return [name for name in ALL_SOURCES if mask & _BIT[name]]
+
+
 class CandidateSources:
-    """Gathers candidates as ItemTable positions → list of source names, in source order."""
+    """Gathers candidates (ItemTable positions and the sources that found them)."""
 
     def __init__(self, items: ItemTable, index, index_to_item: np.ndarray, cooccurrence=None,
                  quotas: Quotas = Quotas()):
@@ -44,22 +84,23 @@ class CandidateSources:
         self.trending = items.trending(quotas.trending)
         self.new = items.newest(quotas.new, quotas.new_item_days)
         self.popular = items.most_popular(max(quotas.popular, 1))
+        # co-occurrence model row → ItemTable position (-1: not in the table)
+        self.cooc_to_item = (None if cooccurrence is None else
+                             np.array([items.position.get(i, -1) for i in cooccurrence.item_ids], dtype=np.int64))
 
-    def gather(self, user_emb: np.ndarray | None, history: list[str]) -> dict[int, list[str]]:
-        found: dict[int, list[str]] = {}
-
-        def add(positions, source: str) -> None:
-            for p in positions:
-                found.setdefault(int(p), []).append(source)
-
+    def gather(self, user_emb: np.ndarray | None, history: list[str],
+               context: Sequence[tuple[Iterable[int], str]] = ()) -> Candidates:
+        """The user's candidates; ``context`` parts (the request's cart and viewed item) go last."""
         q = self.quotas
+        parts: list[tuple[Iterable[int], str]] = []
         if user_emb is not None and q.two_tower:
             pos, _ = self.index.search(user_emb, q.two_tower)
-            add((self.index_to_item[p] for p in pos[0] if p >= 0 and self.index_to_item[p] >= 0), "two_tower")
+            found = self.index_to_item[pos[0][pos[0] >= 0]]
+            parts.append((found[found >= 0], "two_tower"))
         if self.cooccurrence is not None and history and q.cooccurrence:
-            recs = self.cooccurrence.recommend(history, q.cooccurrence)
-            add((self.items.position[i] for i, _ in recs if i in self.items.position), "cooccurrence")
-        add(self.trending, "trending")
-        add(self.new, "new")
-        add(self.popular[: q.popular], "popular")
-        return found
+            rows, _ = self.cooccurrence.top(history, q.cooccurrence)
+            found = self.cooc_to_item[rows]
+            parts.append((found[found >= 0], "cooccurrence"))
+        parts += [(self.trending, "trending"), (self.new, "new"), (self.popular[: q.popular], "popular")]
+        parts += list(context)
+        return Candidates.merge(parts)

@@ -32,7 +32,7 @@ from ranking.features import FEATURE_NAMES, rank_features
 from retrieval.cooccurrence import CooccurrenceModel
 from retrieval.index import ItemIndex
 from retrieval.user_features import activity_vector
-from serving.candidates import CandidateSources, Quotas
+from serving.candidates import Candidates, CandidateSources, Quotas
 from serving.churn import ChurnModel
 from serving.errors import ModelNotLoaded, StoreUnavailable, UnknownItem
 from serving.rules import Rules, pick_page
@@ -84,12 +84,38 @@ class Models:
     available: np.ndarray | None = None  # per ItemTable position: in the catalog and not marked unavailable
     fingerprint: tuple = ()  # what was loaded; a different one on disk means reload
     churn: Any = None  # serving.churn.ChurnModel (None: not trained yet)
+    item_to_cooccurrence: np.ndarray | None = None  # ItemTable position → co-occurrence row (-1: none)
 
-    @classmethod
-    def load(cls, ws: Workspace) -> "Models":
+    def __post_init__(self) -> None:
+        # The exported functions have one input signature each: calling their one concrete
+        # function skips tf.function's argument matching (~0.1 ms per call, two calls a request).
+        self._embed_user = _concrete(self.user_tower.embed)
+        self._score_heads = _concrete(self.scorer.score_heads)
+        if self.cooccurrence is not None and self.item_to_cooccurrence is None:
+            self.item_to_cooccurrence = np.array([self.cooccurrence.position.get(i, -1) for i in self.items.item_ids],
+                                                 dtype=np.int64)
+
+    def embed_user(self, user_id: str, history: np.ndarray, activity: np.ndarray) -> np.ndarray:
+        """[1, D] user-tower embedding: ``history`` [1, RECENT_N] padded ids, ``activity`` [1, A]."""
         import tensorflow as tf
 
-        fingerprint = disk_fingerprint(ws)
+        return self._embed_user(tf.constant([user_id]), tf.constant(history), tf.constant(activity)).numpy()
+
+    def score_heads(self, features: np.ndarray, item_ids: np.ndarray, history: np.ndarray,
+                    history_types: np.ndarray) -> np.ndarray:
+        """[N, tasks] head probabilities of one user's N candidates."""
+        import tensorflow as tf
+
+        return self._score_heads(tf.constant(features), tf.constant(item_ids), tf.constant(history),
+                                 tf.constant(history_types)).numpy()
+
+    @classmethod
+    def load(cls, ws: Workspace, ranker: str = "published") -> "Models":
+        """The live versions; ``ranker``: "published" (the ranking store's live version) or a
+        kind ("dcn", "lstm"): its newest version, for a deployment whose latency budget decides."""
+        import tensorflow as tf
+
+        fingerprint = disk_fingerprint(ws, ranker)
         try:
             index_store = ArtifactStore(ws.models_dir / "index")
             ranking_store = ArtifactStore(ws.models_dir / "ranking")
@@ -98,7 +124,7 @@ class Models:
             retrieval_dir = ws.models_dir / "retrieval" / retrieval_version
             index_dir = index_store.root / index_version
             index = ItemIndex.load(index_dir)
-            ranking_version = ranking_store.current_version()
+            ranking_version = ranking_version_for(ranking_store, ranker)
             ranking_manifest = ranking_store.manifest(ranking_version)
             if ranking_manifest["features"] != list(FEATURE_NAMES) or "spec" not in ranking_manifest:
                 raise ModelNotLoaded(f"ranking model {ranking_version} was trained on other features "
@@ -135,12 +161,33 @@ class Models:
                    catalog_availability(ws, items), fingerprint, churn)
 
 
-def disk_fingerprint(ws: Workspace) -> tuple:
-    """Live index and ranking versions plus the feature and catalog files' change times."""
+def _concrete(function):
+    """The single concrete function of a restored tf.function (the function itself otherwise)."""
+    concrete = getattr(function, "concrete_functions", None)
+    return concrete[0] if concrete and len(concrete) == 1 else function
+
+
+def ranking_version_for(store: ArtifactStore, ranker: str) -> str:
+    """The ranking version to serve: the live one, or the newest of kind ``ranker`` (the live
+    one when it is of that kind, so that a rollback by re-publishing is respected)."""
+    live = store.current_version()
+    if ranker == "published" or store.manifest(live).get("model") == ranker:
+        return live
+    of_kind = [v for v in store.versions() if store.manifest(v).get("model") == ranker]
+    if not of_kind:
+        raise ModelNotLoaded(f"ranker = {ranker!r}: no {ranker} ranking model in {store.root}; train one with "
+                             f"`shoprec train ranking --ranker {ranker}` (or `both`), or serve ranker = \"published\".")
+    return of_kind[-1]
+
+
+def disk_fingerprint(ws: Workspace, ranker: str = "published") -> tuple:
+    """Live index, ranking (as ``ranker`` picks it) and churn versions plus the feature and
+    catalog files' change times."""
     out = []
     for kind in ("index", "ranking", "churn"):
         try:
-            out.append(ArtifactStore(ws.models_dir / kind).current_version())
+            store = ArtifactStore(ws.models_dir / kind)
+            out.append(ranking_version_for(store, ranker) if kind == "ranking" else store.current_version())
         except Exception:  # noqa: BLE001 - nothing published yet: Models.load says what to run
             out.append(None)
     for path in (ws.features_dir / "item_stats.parquet", ws.clean_dir / "items.parquet"):
@@ -192,20 +239,22 @@ class Recommender:
       feature_store: a Feast FeatureStore; opened from the workspace when omitted.
       store_retry_seconds: how long a failed online store is skipped before it is tried again.
       rules: page rules (serving/rules.py).
+      ranker: which ranking model: "published" or a kind (see ``Models.load``).
     """
 
     def __init__(self, ws: Workspace, quotas: Quotas = Quotas(), feature_store=None,
-                 store_retry_seconds: float = 5.0, rules: Rules = Rules()):
+                 store_retry_seconds: float = 5.0, rules: Rules = Rules(), ranker: str = "published"):
         from feature_repo.store import open_store
 
         self.ws = ws
+        self.ranker = ranker
         self.quotas = quotas
         self.rules = rules
         # After a failed read the store is skipped for this long, so that an outage costs one
         # slow request (client retries/timeouts) instead of every request.
         self.store_retry_seconds = store_retry_seconds
         self._store_down_until = 0.0
-        self._live = self._build(Models.load(ws))
+        self._live = self._build(Models.load(ws, ranker))
         self._reload_lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -230,10 +279,10 @@ class Recommender:
         a swap never fails a request. A broken new version is logged and the old one stays live.
         """
         with self._reload_lock:
-            if disk_fingerprint(self.ws) == self.models.fingerprint:
+            if disk_fingerprint(self.ws, self.ranker) == self.models.fingerprint:
                 return False
             try:
-                live = self._build(Models.load(self.ws))
+                live = self._build(Models.load(self.ws, self.ranker))
                 self._recommend(live, "warm-up", 10, RequestContext())  # trace the new tf.functions first
             except Exception:  # noqa: BLE001 - keep serving the old version, loudly
                 log.exception("reload failed; still serving %s", self.models.versions)
@@ -361,8 +410,6 @@ class Recommender:
 
     def _recommend(self, live: _Live, user_id: str, k: int, ctx: RequestContext,
                    rules: Rules | None = None) -> RecommendResult:
-        import tensorflow as tf
-
         rules = rules or self.rules
         m, items = live.models, live.models.items
         user, degraded = self.user_features(user_id)
@@ -387,24 +434,18 @@ class Recommender:
 
         user_emb = None
         if history:
-            user_emb = m.user_tower.embed(tf.constant([user_id or "anonymous"]),
-                                          tf.constant(pad_sequences([history], RECENT_N).astype(str)),
-                                          tf.constant(activity_vector(user)[None])).numpy()
-        cand = live.sources.gather(user_emb, history)  # ItemTable position → source names
-        self._add_context_candidates(m, cand, ctx)
-
-        def allowed(p: int) -> bool:
-            return (items.item_ids[p] not in blocked and self._available(m, p)
-                    and (not ctx.category or items.category[p] == ctx.category)
-                    and (ctx.max_price <= 0 or items.price[p] <= ctx.max_price))
-
-        keep = [p for p in cand if allowed(p)]
-        if len(keep) < k:  # filters must still fill the page: popular items that pass them
-            seen = set(cand)
-            keep += [int(p) for p in m.popular if p not in seen and allowed(p)][: k - len(keep)]
-        if not keep:
+            user_emb = m.embed_user(user_id or "anonymous", pad_sequences([history], RECENT_N).astype(str),
+                                    activity_vector(user)[None])
+        cand = live.sources.gather(user_emb, history, self._context_candidates(m, ctx))
+        ok = self._allowed(m, cand.positions, ctx, blocked)
+        positions, masks = cand.positions[ok], cand.masks[ok]
+        if len(positions) < k:  # filters must still fill the page: popular items that pass them
+            fill = m.popular[~np.isin(m.popular, cand.positions)]
+            allowed = np.flatnonzero(self._allowed(m, fill, ctx, blocked))[: k - len(positions)]
+            positions = np.concatenate([positions, fill[allowed]])
+            masks = np.concatenate([masks, np.zeros(len(allowed), np.int64)])
+        if not len(positions):
             return RecommendResult(user_id, [], personalized, degraded, m.versions)
-        positions = np.array(keep, dtype=np.int64)
         retrieval = np.zeros(len(positions), dtype=np.float32)
         if user_emb is not None:
             index_pos = m.item_to_index[positions]
@@ -413,10 +454,9 @@ class Recommender:
 
         heads = np.zeros((len(positions), 3), dtype=np.float32)
         if history:
-            x = rank_features(user, positions, retrieval, items, m.cooccurrence)
-            probs = m.scorer.score_heads(tf.constant(x), tf.constant(items.item_ids[positions].astype(str)),
-                                         tf.constant(np.asarray(history, dtype=str)),
-                                         tf.constant(np.asarray(types, dtype=str))).numpy()
+            x = rank_features(user, positions, retrieval, items, m.cooccurrence, m.item_to_cooccurrence)
+            probs = m.score_heads(x, items.item_ids[positions].astype(str), np.asarray(history, dtype=str),
+                                  np.asarray(types, dtype=str))
             final = probs @ m.head_weights
             for col, src in enumerate(m.head_index):
                 if src >= 0:
@@ -439,20 +479,16 @@ class Recommender:
         out = []
         for i in page:
             p = int(positions[i])
-            sources = cand.get(p, ["popular"])
+            sources = Candidates.names(int(masks[i])) or ["popular"]
             reason = slots.get(i) or _reason(sources, items.category[p] in recent_cats)
             out.append(self._item(m, p, float(final[i]), float(retrieval[i]), sources, reason, tuple(heads[i])))
         return RecommendResult(user_id, out, personalized, degraded, m.versions)
 
-    def _add_context_candidates(self, m: Models, cand: dict[int, list[str]], ctx: RequestContext) -> None:
+    def _context_candidates(self, m: Models, ctx: RequestContext) -> list[tuple[list[int], str]]:
         """Complements of the cart and the viewed item, and items similar to the viewed one."""
         q = self.quotas
         items = m.items
-
-        def add(positions, source: str) -> None:
-            for p in positions:
-                cand.setdefault(int(p), []).append(source)
-
+        parts: list[tuple[list[int], str]] = []
         if m.cooccurrence is not None and q.context:
             cart = [i for i in ctx.cart if i in items.position]
             if cart:
@@ -462,12 +498,27 @@ class Recommender:
                 recs = [items.position[i] for i, _ in m.cooccurrence.recommend(cart, 4 * q.context)
                         if i in items.position]
                 recs.sort(key=lambda p: items.category[p] in cart_cats)  # stable: score order kept within
-                add(recs[: q.context], "cart")
+                parts.append((recs[: q.context], "cart"))
             if ctx.viewed in items.position:
                 recs = m.cooccurrence.recommend([ctx.viewed], q.context)
-                add((items.position[i] for i, _ in recs if i in items.position), "viewed")
+                parts.append(([items.position[i] for i, _ in recs if i in items.position], "viewed"))
         if ctx.viewed in items.position and q.similar:
-            add((p for p, _ in self._neighbours(m, items.position[ctx.viewed], q.similar + 1)), "similar")
+            parts.append(([p for p, _ in self._neighbours(m, items.position[ctx.viewed], q.similar + 1)], "similar"))
+        return parts
+
+    @staticmethod
+    def _allowed(m: Models, positions: np.ndarray, ctx: RequestContext, blocked: set[str]) -> np.ndarray:
+        """Which of ``positions`` pass the filters: not blocked, available, in the category and
+        under the price limit (a boolean mask)."""
+        items = m.items
+        ok = ~np.isin(positions, items.positions(list(blocked)))
+        if m.available is not None:
+            ok &= m.available[positions]
+        if ctx.category:
+            ok &= items.category[positions] == ctx.category
+        if ctx.max_price > 0:
+            ok &= items.price[positions] <= ctx.max_price
+        return ok
 
     @staticmethod
     def _item(m: Models, p: int, score: float, retrieval: float, sources: list[str], reason: str,

@@ -35,6 +35,9 @@ class ItemTable:
 
     def __post_init__(self) -> None:
         self.position = {item: i for i, item in enumerate(self.item_ids)}
+        # Integer codes of category and brand: per-candidate comparisons without Python strings.
+        self.category_code = pd.factorize(self.category)[0]
+        self.brand_code = pd.factorize(self.brand)[0]
         zeros = np.zeros(len(self.item_ids))
         self.n_view_7d = zeros if self.n_view_7d is None else self.n_view_7d
         self.n_purchase_7d = zeros if self.n_purchase_7d is None else self.n_purchase_7d

@@ -113,6 +113,10 @@ def test_cooccurrence_cross_features(items):
     last = rank_features(user, ALL, np.zeros(5), items, cooc)[:, COL["cooc_last"]]
     assert last[3] > 0 and last[4] == 0  # only C's neighbour
     assert np.all(rank_features(USER, ALL, np.zeros(5), items)[:, [COL["cooc_recent"], COL["cooc_last"]]] == 0)
+    # serving's precomputed ItemTable → model row map gives the same features as the id lookup
+    rows = np.array([cooc.position.get(i, -1) for i in items.item_ids])
+    np.testing.assert_array_equal(rank_features(USER, ALL[::-1], np.zeros(5), items, cooc, rows),
+                                  rank_features(USER, ALL[::-1], np.zeros(5), items, cooc))
 
 
 def test_trend_and_age_features():

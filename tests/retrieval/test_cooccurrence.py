@@ -60,6 +60,14 @@ def test_scores_match_brute_force_oracle(cfg):
             if item in pos:
                 expected[u] += cfg.recency ** age * dense[pos[item]]
     np.testing.assert_allclose(model.score_histories(histories), expected, rtol=1e-5, atol=1e-7)
+    for h, row in zip(histories, expected):  # serving's sparse form: the same scores, only where > 0
+        cols, scores = model.sparse_scores(h)
+        assert (np.diff(cols) > 0).all()
+        np.testing.assert_allclose(scores, row[cols], rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(cols, np.flatnonzero(row > 0))
+        dense = model.score_histories([h])[0]  # top-k as the dense row sorts it (ties: catalog order)
+        top, _ = model.top(h, 5)
+        assert top.tolist() == sorted(np.flatnonzero(dense > 0), key=lambda j: (-dense[j], j))[:5]
     assert (np.diff(model.indptr) <= cfg.top_n).all()
 
 

@@ -43,6 +43,14 @@ def test_exact_top_k_oracle_is_sorted_best_first():
     assert exact_top_k(e, q, 10).shape == (1, 4)
 
 
+def test_exact_top_k_in_chunks_is_the_same():
+    rng = np.random.default_rng(0)
+    emb, queries = rng.normal(size=(300, 8)).astype("float32"), rng.normal(size=(37, 8)).astype("float32")
+    whole = exact_top_k(emb, queries, 20)
+    np.testing.assert_array_equal(exact_top_k(emb, queries, 20, max_bytes=4 * 300 * 5), whole)  # 5 rows a chunk
+    np.testing.assert_array_equal(exact_top_k(emb, queries, 20, max_bytes=1), whole)  # 1 row a chunk
+
+
 def test_flat_matches_exact_search(emb, queries):
     k = 10
     index = ItemIndex.build(emb, _ids(len(emb)), "Flat")

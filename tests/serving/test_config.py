@@ -92,6 +92,8 @@ BAD = [  # (file text, environment, flags) → substrings the message must conta
     ("port = 70000\n", {}, {}, ["port in", "between 0 and 65535"]),
     ("", {"SHOPREC_SERVE_PORT": "-1"}, {}, ["SHOPREC_SERVE_PORT", "between 0 and 65535"]),
     ("workers = 0\n", {}, {}, ["workers in", "at least 1"]),
+    ("tf_threads = -1\n", {}, {}, ["tf_threads in", ">= 0"]),
+    ('ranker = "mlp"\n', {}, {}, ["ranker in", "published, dcn, lstm"]),
     ("processes = 65\n", {}, {}, ["processes in", "between 1 and 64"]),
     ("", {}, {"processes": 0}, ["--processes", "between 1 and 64"]),
     ("port = 0\n", {"SHOPREC_SERVE_PROCESSES": "2"}, {},

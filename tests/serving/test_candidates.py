@@ -1,0 +1,20 @@
+"""Candidates.merge: each item once, in first-found order, with every source that found it."""
+from __future__ import annotations
+
+import numpy as np
+
+from serving.candidates import Candidates
+
+
+def test_merge_keeps_first_found_order_and_every_source():
+    c = Candidates.merge([(np.array([5, 3]), "two_tower"), ([3, 7], "cooccurrence"), ([], "trending"),
+                          (np.array([9, 5]), "popular"), ([7], "cart")])
+    assert c.positions.tolist() == [5, 3, 7, 9] and list(c) == [5, 3, 7, 9] and len(c) == 4
+    assert [Candidates.names(int(m)) for m in c.masks] == [
+        ["two_tower", "popular"], ["two_tower", "cooccurrence"], ["cooccurrence", "cart"], ["popular"]]
+
+
+def test_merge_of_nothing_is_empty():
+    c = Candidates.merge([([], "two_tower")])
+    assert len(c) == 0 and c.masks.dtype == np.int64
+    assert len(Candidates.merge([])) == 0
