@@ -256,10 +256,18 @@ def pick_users(ws_root: Path, n: int, seed: int) -> list[str]:
     return users[:n]
 
 
-def parse_server(spec: str) -> tuple[int, dict[str, int]]:
-    """"2" → 2 processes, default quotas; "2:two_tower=520,cooccurrence=50" → with those quotas."""
-    procs, _, quotas = spec.partition(":")
-    return int(procs), {k: int(v) for k, v in (kv.split("=") for kv in quotas.split(",") if kv)}
+def parse_server(spec: str) -> tuple[int, dict[str, int], dict[str, str]]:
+    """"2" → 2 processes, defaults; "2:two_tower=520,ranker=dcn" → with those quotas
+    (serving/candidates.py) and top-level serving settings (serving/config.py)."""
+    from dataclasses import fields
+
+    from serving.candidates import Quotas
+
+    procs, _, rest = spec.partition(":")
+    pairs = [kv.split("=", 1) for kv in rest.split(",") if kv]
+    quota_names = {f.name for f in fields(Quotas)}
+    return (int(procs), {k: int(v) for k, v in pairs if k in quota_names},
+            {k: v for k, v in pairs if k not in quota_names})
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -282,7 +290,9 @@ def main() -> None:
     p.add_argument("--workspace", default="var", help="trained workspace (RecordEvents writes to its online store)")
     p.add_argument("--address", default=None, help="load a running server instead of starting one")
     p.add_argument("--servers", nargs="+", default=["1", "2"],
-                   help="server setups to start, each PROCESSES[:QUOTA=N,...] (quotas of serving/candidates.py)")
+                   help="server setups to start, each PROCESSES[:KEY=VALUE,...]: quotas of serving/candidates.py "
+                        "and top-level serving settings, e.g. 2:two_tower=520,ranker=dcn; code=DIR serves another "
+                        "checkout (before/after in one run)")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
     p.add_argument("--warmup", type=float, default=3.0, help="seconds not measured, per window")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per window")
@@ -311,11 +321,11 @@ def main() -> None:
     rng = random.Random(args.seed)
     ids = [u if rng.random() >= args.unknown_share else f"load-new-{i}" for i, u in enumerate(load_users * 5)]
     requests = {"Recommend": [pb.RecommendRequest(user_id=u, k=args.k) for u in ids], "GetInfo": [pb.GetInfoRequest()]}
-    setups = [("external", 0, {})] if args.address else [(s, *parse_server(s)) for s in args.servers]
+    setups = [("external", 0, {}, {})] if args.address else [(s, *parse_server(s)) for s in args.servers]
     result = {"machine": machine(), "workspace": str(ws), "args": vars(args), "load": [], "open_loop": [], "freshness": []}
 
-    for n_setup, (name, processes, quotas) in enumerate(setups):
-        server = None if args.address else ServerProcess(ws, processes, quotas, Path(args.log_dir))
+    for n_setup, (name, processes, quotas, settings) in enumerate(setups):
+        server = None if args.address else ServerProcess(ws, processes, quotas, Path(args.log_dir), settings=settings)
         address = args.address or server.start()
         pids = (lambda: []) if server is None else server.pids
         try:

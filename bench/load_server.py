@@ -89,8 +89,9 @@ def listeners(port: int) -> int:
 class ServerProcess:
     """``shoprec serve`` with N processes on a free loopback port; ``start()`` waits for SERVING."""
 
-    def __init__(self, ws: Path, processes: int, quotas: dict[str, int], log_dir: Path, startup_timeout: float = 600):
-        self.ws, self.processes, self.quotas = ws, processes, quotas
+    def __init__(self, ws: Path, processes: int, quotas: dict[str, int], log_dir: Path, startup_timeout: float = 600,
+                 settings: dict[str, str] | None = None):
+        self.ws, self.processes, self.quotas, self.settings = ws, processes, quotas, settings or {}
         self.startup_timeout = startup_timeout
         log_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -110,10 +111,17 @@ class ServerProcess:
         return cmd
 
     def start(self) -> str:
-        env = dict(os.environ, **{f"SHOPREC_SERVE_QUOTAS__{k.upper()}": str(v) for k, v in self.quotas.items()})
+        settings = dict(self.settings)
+        # code=DIR: serve another checkout of shoprec (e.g. a git worktree of an older commit)
+        # with this virtualenv, for a before/after comparison in one run.
+        code = settings.pop("code", None)
+        env = dict(os.environ, **{f"SHOPREC_SERVE_QUOTAS__{k.upper()}": str(v) for k, v in self.quotas.items()},
+                   **{f"SHOPREC_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
+        if code:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, env.get("PYTHONPATH")]))
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(self._command(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+                                         start_new_session=True, cwd=code or Path(__file__).resolve().parents[1])
         address = f"127.0.0.1:{self.port}"
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

@@ -44,9 +44,10 @@ class ServingConfig:
       ranker: "published" serves the ranking model training published (the better one on
         validation); "dcn" or "lstm" serves the newest model of that kind. The DCN costs a third
         of the LSTM's CPU per request for slightly lower quality (docs/benchmarks.md).
-      tf_threads: TensorFlow threads per process (intra- and inter-op); 0 keeps TensorFlow's
-        default (all cores). Per-request models are small: one thread each is fastest and lets
-        several processes share the cores without oversubscribing them (docs/benchmarks.md).
+      tf_threads: TensorFlow threads per process (intra- and inter-op); 0 (default) means the
+        cores divided by the processes, at least 1. Per-request models are small: with one
+        process per core, one thread each is fastest (no oversubscription); a single process
+        still gets every core (docs/benchmarks.md).
       processes: server processes sharing the port (SO_REUSEPORT); one per core uses them all.
       workspace: workspace directory; None means --workspace, else $SHOPREC_HOME, else ./var.
       online_store: "sqlite" or "redis://HOST:PORT[/DB]"; None means $SHOPREC_ONLINE_STORE or sqlite.
@@ -61,7 +62,7 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 8
-    tf_threads: int = 1
+    tf_threads: int = 0
     ranker: str = "published"
     processes: int = 1
     workspace: Path | None = None
@@ -233,7 +234,7 @@ def _validate(cfg: ServingConfig, label) -> None:
     require(0 <= cfg.port <= 65535, None, "port", "must be between 0 and 65535 (0 picks a free port)")
     require(cfg.workers >= 1, None, "workers", "must be at least 1 (request threads per process)")
     require(cfg.ranker in RANKERS, None, "ranker", f"must be one of {', '.join(RANKERS)}")
-    require(cfg.tf_threads >= 0, None, "tf_threads", "must be >= 0 (0: TensorFlow's default, all cores)")
+    require(cfg.tf_threads >= 0, None, "tf_threads", "must be >= 0 (0: the cores divided by the processes)")
     require(1 <= cfg.processes <= MAX_PROCESSES, None, "processes",
             f"must be between 1 and {MAX_PROCESSES} (one per core is the useful maximum)")
     if cfg.processes > 1 and cfg.port == 0:

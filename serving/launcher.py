@@ -45,7 +45,7 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool):
     from serving.recommender import Recommender
     from serving.server import start
 
-    limit_tensorflow_threads(cfg.tf_threads)
+    limit_tensorflow_threads(cfg.tf_threads or max(1, len(os.sched_getaffinity(0)) // cfg.processes))
     ws = Workspace.at(ws_root)
     # None keeps the long-standing fallback ($SHOPREC_ONLINE_STORE, else sqlite) inside open_store.
     store = open_store(ws, cfg.online_store) if cfg.online_store else None
@@ -56,13 +56,12 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool):
 
 
 def limit_tensorflow_threads(threads: int) -> None:
-    """Cap TensorFlow's thread pools before its runtime starts (0: leave the default).
+    """Cap TensorFlow's thread pools before its runtime starts.
 
-    Measured on 2 cores: one thread runs the user tower in 0.42 ms instead of 0.84 ms, because
-    the ops are too small to split and the pools' hand-offs cost more than they save.
+    Measured on 2 cores with one process per core: one thread runs the user tower in 0.42 ms
+    of CPU instead of 1.04 ms, because the ops are too small to split and the pools' hand-offs
+    cost more than they save.
     """
-    if threads <= 0:
-        return
     import tensorflow as tf
 
     try:
