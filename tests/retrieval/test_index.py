@@ -153,3 +153,21 @@ def test_nprobe_is_a_setting_of_the_build(tmp_path):
     assert facts["nprobe"] == 7
     index.save(tmp_path)
     assert faiss.extract_index_ivf(ItemIndex.load(tmp_path).index).nprobe == 7
+
+
+def test_recall_counts_tied_items_as_hits_and_worse_items_as_misses():
+    """Items embedded from identical content tie: any of them is an exact answer."""
+    emb = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype="float32")
+    q = np.array([[1.0, 0.0]], dtype="float32")
+
+    class Returns:  # an index that answers with fixed positions (the logic under test is recall's)
+        def __init__(self, ids):
+            self.ids = np.array([ids])
+
+        def search(self, queries, k):
+            return self.ids, np.zeros_like(self.ids, dtype="float32")
+
+    assert exact_top_k(emb, q, 2).tolist() == [[0, 1]]
+    assert recall_vs_exact(Returns([2, 1]), emb, q, 2) == 1.0  # 2 ties with 0: as good
+    assert recall_vs_exact(Returns([2, 3]), emb, q, 2) == 0.5  # 3 scores lower: a miss
+    assert recall_vs_exact(Returns([2, -1]), emb, q, 2) == 0.5  # FAISS pads with -1
