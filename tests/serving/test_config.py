@@ -215,3 +215,25 @@ def test_a_process_that_cannot_start_is_named_with_its_error(tmp_path):
     finally:
         group.stop()
     assert not any(p.is_alive() for p in group.processes)
+
+
+def test_tensorflow_threads_are_capped_before_the_runtime_starts_and_a_late_cap_only_warns(caplog):
+    import subprocess
+    import sys
+
+    code = ("from serving.launcher import limit_tensorflow_threads as cap; cap(1); import tensorflow as tf; "
+            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.stdout.split()[-2:] == ["1", "1"], out.stderr[-2000:]
+
+    import tensorflow as tf
+
+    from serving.launcher import limit_tensorflow_threads
+
+    tf.constant(1.0) + 1.0  # the runtime is running in this process now
+    before = tf.config.threading.get_intra_op_parallelism_threads()
+    limit_tensorflow_threads(before + 1)
+    assert tf.config.threading.get_intra_op_parallelism_threads() == before
+    assert "not applied" in caplog.text

@@ -1,6 +1,7 @@
 """Which ranking model serving loads: the published one, or the newest of a kind (latency budget)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from feature_repo.artifacts import ArtifactStore
@@ -45,3 +46,24 @@ def test_serving_a_kind_loads_that_kind_and_ranks(trained_workspace, kind):
     result = rec.recommend(user, 10)
     assert result.personalized and result.versions["ranking"] == version
     assert len(result.items) == 10 and all(0 < r.heads[2] < 1 for r in result.items)  # ranked by this model
+
+
+def test_concurrent_requests_get_the_pages_they_get_alone(trained_workspace):
+    """The Recommender is shared by the server's request threads: no state leaks between them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
+
+    from serving.recommender import Recommender
+
+    rec = Recommender(trained_workspace, ranker="dcn")
+    users = pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].value_counts().index[:24]
+    def page(user):
+        items = rec.recommend(user, 10).items
+        return [r.item_id for r in items], [r.score for r in items]
+
+    alone = [page(u) for u in users]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(page, users))
+    assert [ids for ids, _ in together] == [ids for ids, _ in alone]
+    np.testing.assert_allclose([s for _, s in together], [s for _, s in alone], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,96 @@
+"""Where a Recommend request's CPU goes: process CPU per pipeline step, in process, one thread.
+
+The served configuration of one process per core: TensorFlow limited to one thread
+(serving/launcher.py), the real Recommender on a trained workspace, real users one after the
+other. Each step is timed with ``time.process_time`` around the Recommender's own calls, so
+the steps add up to the request (``rest``: filters, merging, the response objects).
+
+    .venv/bin/python bench/request_cpu.py --workspace var --ranker dcn --two-tower 520
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workspace", default="var")
+    p.add_argument("--ranker", nargs="+", default=["dcn", "lstm"], help="ranker kinds to measure, in turn")
+    p.add_argument("--two-tower", type=int, default=520, help="two-tower candidate quota (520: >= 500 ranked)")
+    p.add_argument("--users", type=int, default=500)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+
+    from serving.launcher import limit_tensorflow_threads
+
+    limit_tensorflow_threads(1)
+    import pandas as pd
+
+    import serving.recommender as pipeline
+    from feature_repo.workspace import Workspace
+    from serving.candidates import Quotas
+    from shoprec.table import render
+
+    ws = Workspace.at(Path(args.workspace))
+    users = (pd.read_parquet(ws.clean_dir / "events.parquet", columns=["user_id"])["user_id"].drop_duplicates()
+             .sample(args.users + args.warmup, random_state=args.seed).tolist())
+    spent: dict[str, float] = defaultdict(float)
+
+    def timed(owner, name: str, step: str) -> None:
+        inner = getattr(owner, name)
+
+        def call(*a, **k):
+            start = time.process_time()
+            try:
+                return inner(*a, **k)
+            finally:
+                spent[step] += time.process_time() - start
+
+        setattr(owner, name, call)
+
+    rows, results = {}, {}
+    for kind in args.ranker:
+        rec = pipeline.Recommender(ws, quotas=Quotas(two_tower=args.two_tower), ranker=kind)
+        m = rec.models
+        # Module-level functions are patched where the pipeline looks them up; restored below.
+        originals = {name: getattr(pipeline, name) for name in ("rank_features", "pick_page")}
+        timed(rec, "user_features", "feast_read")
+        timed(m, "embed_user", "user_tower")
+        timed(rec._live.sources, "gather", "candidates")
+        timed(pipeline, "rank_features", "features")
+        timed(m, "score_heads", "ranker")
+        timed(pipeline, "pick_page", "rules")
+        for user in users[: args.warmup]:
+            rec.recommend(user, 20)
+        spent.clear()
+        start = time.process_time()
+        for user in users[args.warmup:]:
+            rec.recommend(user, 20)
+        total = time.process_time() - start
+        for name, fn in originals.items():
+            setattr(pipeline, name, fn)
+        n = len(users) - args.warmup
+        steps = {k: round(v / n * 1000, 3) for k, v in spent.items()}
+        steps["rest"] = round((total - sum(spent.values())) / n * 1000, 3)
+        steps["total"] = round(total / n * 1000, 3)
+        results[kind] = {"version": m.versions["ranking"], "requests": n, "cpu_ms_per_request": steps}
+        rows[kind] = steps
+        rec.close()
+    print(json.dumps({"workspace": str(ws.root), "two_tower": args.two_tower, "results": results}, indent=2))
+    order = ["feast_read", "user_tower", "candidates", "features", "ranker", "rules", "rest", "total"]
+    print(render([{"step": s, **{f"{k} ms": rows[k].get(s, 0.0) for k in rows}} for s in order]))
+
+
+if __name__ == "__main__":
+    main()
