@@ -178,11 +178,13 @@ async def open_loop(address: str, requests: list, rate: float, warmup_s: float, 
 
 
 async def freshness(address: str, users: list[str], event_type: str, k: int, timeout_s: float,
-                    pool_users: list[str], background=None) -> dict:
+                    pool_users: list[str], background=None, read_recent=None) -> dict:
     """Per user: the page before, one event, then Recommend back to back until the page changes.
 
     purchase: of the top item (also records when that item leaves the page; a repeat-purchase
     item may stay); view/add_to_cart: of an item not on the page (from other users' pages).
+    ``read_recent(user)``: the user's recent items from the online store, read once after the
+    polls: whether the event reached the features even when it did not move the top k.
     """
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.RecommenderStub(channel)
@@ -195,6 +197,7 @@ async def freshness(address: str, users: list[str], event_type: str, k: int, tim
         if bg is not None:
             await asyncio.sleep(2.0)  # let the background load reach steady state
         changed, gone, ack, polls, rejected = [], [], [], [], 0
+        in_features: list[bool] = []
         loop = asyncio.get_running_loop()
         for n, user in enumerate(users):
             before = await stub.Recommend(pb.RecommendRequest(user_id=user, k=k), timeout=5)
@@ -224,6 +227,8 @@ async def freshness(address: str, users: list[str], event_type: str, k: int, tim
             changed.append(t_changed)
             gone.append(t_gone)
             polls.append(count)
+            if read_recent is not None:
+                in_features.append(list(read_recent(user))[-1:] == [item])
         stop.set()
         bg_result = await bg if bg is not None else None
 
@@ -238,7 +243,8 @@ async def freshness(address: str, users: list[str], event_type: str, k: int, tim
 
     out = {"event": event_type, "users": len(users), "rejected": rejected, "page_changed": dist(changed),
            "record_events_p50_ms": round(float(np.median(ack)) * 1000, 2) if ack else None,
-           "polls_p50": float(np.median(polls)) if polls else None}
+           "polls_p50": float(np.median(polls)) if polls else None,
+           "newest_in_features": f"{sum(in_features)}/{len(in_features)}" if read_recent is not None else None}
     if event_type == "purchase":
         out["item_left_page"] = dist(gone)
     if bg_result is not None:
@@ -322,6 +328,18 @@ def main() -> None:
     ids = [u if rng.random() >= args.unknown_share else f"load-new-{i}" for i, u in enumerate(load_users * 5)]
     requests = {"Recommend": [pb.RecommendRequest(user_id=u, k=args.k) for u in ids], "GetInfo": [pb.GetInfoRequest()]}
     setups = [("external", 0, {}, {})] if args.address else [(s, *parse_server(s)) for s in args.servers]
+    read_recent = None
+    if args.fresh_users and not args.address:
+        # The bench reads the workspace's online store itself, as the server does.
+        from feature_repo.store import open_store
+        from feature_repo.workspace import Workspace
+
+        store = open_store(Workspace.at(ws))
+
+        def read_recent(user: str) -> list[str]:
+            row = store.get_online_features(features=["user_recent_fv:recent_items"],
+                                            entity_rows=[{"user_id": user}]).to_dict()
+            return list(row["recent_items"][0] or [])
     result = {"machine": machine(), "workspace": str(ws), "args": vars(args), "load": [], "open_loop": [], "freshness": []}
 
     for n_setup, (name, processes, quotas, settings) in enumerate(setups):
@@ -367,7 +385,7 @@ def main() -> None:
                         def bg(stop, c=under_load):
                             return load_run(address, "Recommend", requests["Recommend"], c, 0.0, 0.0, 0,
                                             args.deadline, pids, stop)
-                    r = asyncio.run(freshness(address, users, event, args.k, 5.0, load_users, bg))
+                    r = asyncio.run(freshness(address, users, event, args.k, 5.0, load_users, bg, read_recent))
                     r.update(server=name, background_concurrency=under_load, loadavg_1m=loadavg()[0])
                     result["freshness"].append(r)
                     print(f"[{name}] freshness {event} bg={under_load}: {r['page_changed']}", file=sys.stderr)
@@ -423,7 +441,8 @@ def report(result: dict, out: str | None) -> None:
                       for r in result["open_loop"]]))
     if result["freshness"]:
         print(render([{"server": f["server"], "event": f["event"], "bg_C": f["background_concurrency"],
-                       "visible": f"{f['page_changed']['visible']}/{f['page_changed']['of']}",
+                       "page_changed": f"{f['page_changed']['visible']}/{f['page_changed']['of']}",
+                       "newest_in_features": f.get("newest_in_features") or "",
                        **{k: f["page_changed"].get(k, "") for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms",
                                                                       "share_within_1s")},
                        "ack_p50_ms": f["record_events_p50_ms"], "load_1m": f["loadavg_1m"]}
