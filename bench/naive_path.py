@@ -65,8 +65,6 @@ class Paths:
     # -- shared steps ---------------------------------------------------------------------------
 
     def _candidates(self, user_id: str, steps: dict[str, float]):
-        import tensorflow as tf
-
         from feature_repo.data.features import RECENT_N, pad_sequences
         from retrieval.user_features import activity_vector
 
@@ -80,8 +78,7 @@ class Paths:
         types = (types + ["view"] * len(history))[: len(history)]
         if not history:
             return None
-        user_emb = m.user_tower.embed(tf.constant([user_id]), tf.constant(pad_sequences([history], RECENT_N).astype(str)),
-                                      tf.constant(activity_vector(user)[None])).numpy()
+        user_emb = m.embed_user(user_id, pad_sequences([history], RECENT_N).astype(str), activity_vector(user)[None])
         t = _lap(steps, "user_tower", t)
         cand = self.sources.gather(user_emb, history)
         bought = {i for i, ty in zip(history, types) if ty == "purchase"}
@@ -101,15 +98,25 @@ class Paths:
 
     def design(self, user_id: str, k: int, steps: dict[str, float] | None = None) -> np.ndarray:
         """Item features from memory, the exported tf.function scorer."""
+        return self._rank(self._design, user_id, k, steps)
+
+    def naive(self, user_id: str, k: int, steps: dict[str, float] | None = None) -> np.ndarray:
+        """Item features from a Feast online read of the candidates, Keras ``predict()``."""
+        return self._rank(self._naive, user_id, k, steps)
+
+    def _rank(self, path: Callable[..., np.ndarray], user_id: str, k: int,
+              steps: dict[str, float] | None) -> np.ndarray:
+        """The shared steps, then ``path`` ranks the candidates (an empty top for a cold user)."""
+        steps = {} if steps is None else steps
+        c = self._candidates(user_id, steps)
+        return np.array([]) if c is None else path(*c, k=k, steps=steps)
+
+    def _design(self, user, history, types, positions, retrieval, k: int, steps: dict[str, float]) -> np.ndarray:
         import tensorflow as tf
 
         from ranking.features import rank_features
 
-        steps = {} if steps is None else steps
-        m, c = self.rec.models, self._candidates(user_id, steps)
-        if c is None:
-            return np.array([])
-        user, history, types, positions, retrieval = c
+        m = self.rec.models
         t = time.perf_counter()
         x = rank_features(user, positions, retrieval, m.items, m.cooccurrence)
         t = _lap(steps, "features", t)
@@ -119,16 +126,11 @@ class Paths:
         _lap(steps, "ranker", t)
         return top
 
-    def naive(self, user_id: str, k: int, steps: dict[str, float] | None = None) -> np.ndarray:
-        """Item features from a Feast online read of the candidates, Keras ``predict()``."""
+    def _naive(self, user, history, types, positions, retrieval, k: int, steps: dict[str, float]) -> np.ndarray:
         from feature_repo.data.item_table import ItemTable
         from ranking.features import rank_features
 
-        steps = {} if steps is None else steps
-        m, c = self.rec.models, self._candidates(user_id, steps)
-        if c is None:
-            return np.array([])
-        user, history, types, positions, retrieval = c
+        m = self.rec.models
         t = time.perf_counter()
         cand_ids = [str(i) for i in m.items.item_ids[positions]]
         ids = list(dict.fromkeys(cand_ids + history))  # the recent items' categories/brands are features too

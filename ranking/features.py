@@ -53,11 +53,11 @@ def cooccurrence_scores(cooccurrence: Any, history: list[str], item_ids: np.ndar
         return out
     cols = rows if rows is not None else np.array([cooccurrence.position.get(i, -1) for i in item_ids], dtype=np.int64)
     for row, h in enumerate((history, history[-1:])):
-        rows, scores = cooccurrence.sparse_scores(h)  # ascending rows: look the candidates up
-        if not len(rows):
+        found, scores = cooccurrence.sparse_scores(h)  # ascending model rows: look the candidates up
+        if not len(found):
             continue
-        at = np.minimum(np.searchsorted(rows, cols), len(rows) - 1)
-        hit = (cols >= 0) & (rows[at] == cols)
+        at = np.minimum(np.searchsorted(found, cols), len(found) - 1)
+        hit = (cols >= 0) & (found[at] == cols)
         out[row, hit] = scores[at[hit]]
     return np.log1p(np.maximum(out, 0.0))
 

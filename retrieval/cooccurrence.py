@@ -154,19 +154,14 @@ class CooccurrenceModel:
         Each history's last ``recent`` entries add their neighbour rows weighted by recency;
         entries outside the catalog (items newer than the model) add nothing.
         """
-        cfg, n = self.config, len(self.item_ids)
-        users, items, weights = [], [], []
-        for u, history in enumerate(histories):
-            tail = history[-cfg.recent:]
-            for age, item in enumerate(reversed(tail)):
-                i = self.position.get(item)
-                if i is not None:
-                    users.append(u)
-                    items.append(i)
-                    weights.append(cfg.recency ** age)
-        offsets, lengths = self._neighbour_offsets(np.asarray(items, dtype=np.int64))
-        flat = np.repeat(np.asarray(users, dtype=np.int64), lengths) * n + self.indices[offsets]
-        values = np.repeat(np.asarray(weights), lengths) * self.scores[offsets]
+        n = len(self.item_ids)
+        recent = [self._recent_rows(h) for h in histories]
+        users = np.repeat(np.arange(len(histories)), [len(rows) for rows, _ in recent])
+        items = np.concatenate([rows for rows, _ in recent]) if recent else np.zeros(0, np.int64)
+        weights = np.concatenate([w for _, w in recent]) if recent else np.zeros(0)
+        offsets, lengths = self._neighbour_offsets(items)
+        flat = np.repeat(users, lengths) * n + self.indices[offsets]
+        values = np.repeat(weights, lengths) * self.scores[offsets]
         return np.bincount(flat, weights=values, minlength=len(histories) * n).reshape(len(histories), n)
 
     def recommend(self, history: Sequence[str], k: int = 10,
@@ -203,20 +198,25 @@ class CooccurrenceModel:
         Serving's form: it costs the history's neighbour lists, not the catalog's size (a dense
         row of a 1M-item catalog is 8 MB per request).
         """
-        cfg = self.config
-        items, weights = [], []
-        for age, item in enumerate(reversed(list(history)[-cfg.recent:])):
-            i = self.position.get(item)
-            if i is not None:
-                items.append(i)
-                weights.append(cfg.recency ** age)
-        if not items:
+        items, weights = self._recent_rows(history)
+        if not len(items):
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
-        offsets, lengths = self._neighbour_offsets(np.asarray(items, dtype=np.int64))
+        offsets, lengths = self._neighbour_offsets(items)
         cols = self.indices[offsets].astype(np.int64)
-        values = np.repeat(np.asarray(weights), lengths) * self.scores[offsets]
+        values = np.repeat(weights, lengths) * self.scores[offsets]
         rows, inverse = np.unique(cols, return_inverse=True)
         return rows, np.bincount(inverse, weights=values, minlength=len(rows))
+
+    def _recent_rows(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Model rows of the history's last ``recent`` entries in the catalog, newest first, and
+        their recency weights (entries newer than the model add nothing)."""
+        rows, weights = [], []
+        for age, item in enumerate(reversed(list(history)[-self.config.recent:])):
+            i = self.position.get(item)
+            if i is not None:
+                rows.append(i)
+                weights.append(self.config.recency ** age)
+        return np.asarray(rows, dtype=np.int64), np.asarray(weights, dtype=np.float64)
 
     def _neighbour_offsets(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions in ``indices``/``scores`` of every neighbour of every given row, in row

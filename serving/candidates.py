@@ -50,7 +50,7 @@ class Candidates:
     @classmethod
     def merge(cls, parts: Sequence[tuple[Iterable[int], str]]) -> "Candidates":
         """One candidate list from (positions, source) parts, earlier parts first."""
-        arrays = [np.asarray(list(p) if not isinstance(p, np.ndarray) else p, dtype=np.int64) for p, _ in parts]
+        arrays = [np.asarray(p if isinstance(p, np.ndarray) else list(p), dtype=np.int64) for p, _ in parts]
         found = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
         if not len(found):
             return cls(found, np.zeros(0, np.int64))
