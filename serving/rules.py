@@ -86,5 +86,10 @@ def pick_page(ranked: Sequence[int], k: int, category: Callable[[int], str], rul
     if len(page) < k:  # the rules left holes: fill them by score
         chosen = set(page)
         page += [p for p in ranked if p not in chosen][: k - len(page)]
-    order = {p: i for i, p in enumerate(ranked)}
-    return sorted(page, key=order.__getitem__), slots
+    on_page, ordered = set(page), []
+    for p in ranked:  # the page in ranked order; stops at the last pick, not the end of the list
+        if p in on_page:
+            ordered.append(p)
+            if len(ordered) == len(on_page):
+                break
+    return ordered, slots

@@ -18,6 +18,7 @@ import pytest
 from feature_repo.data.features import build_all, latest
 from feature_repo.data.synthetic import generate
 from feature_repo.data.validation import validate
+from feature_repo.online_read import OnlineRowReader
 from feature_repo.store import FEATURE_TABLES, MARKER_KEY, ONLINE_STORE_ENV, apply, materialize, open_store
 from feature_repo.workspace import Workspace
 
@@ -124,6 +125,22 @@ def test_redis_online_read_matches_sqlite_and_the_tables(redis_store, sqlite_sto
     assert all(from_redis[k][-1] is None for k in from_redis if k != "user_id")
 
 
+def _lean_read(store, user_ids: list[str]) -> dict[str, list]:
+    """The same users through serving's reader (OnlineRowReader), in the SDK's column layout."""
+    reader = OnlineRowReader(store, SERVICE, "user_id")
+    rows = [reader.read(u) for u in user_ids]
+    return {"user_id": list(user_ids), **{n: [_plain(r[n]) for r in rows] for n in reader.feature_names}}
+
+
+@pytest.mark.parametrize("which", ["redis", "sqlite"])
+def test_serving_reader_equals_the_sdk_read(which, redis_store, sqlite_store, users):
+    store = redis_store if which == "redis" else sqlite_store
+    ids = users[:40] + ["nobody-at-all"]
+    lean = _lean_read(store, ids)
+    assert lean == _read(store, ids)
+    assert lean["recent_items"][0] and lean["n_view"][-1] is None  # real rows, and the unknown user's
+
+
 def test_materialize_twice_is_idempotent(redis_store, redis_ws, redis_url, tables, users):
     client = _redis_client(_db(redis_url, DB_MAIN))
     before_keys, before = client.dbsize(), _read(redis_store, users)
@@ -165,6 +182,7 @@ def test_push_is_visible_in_the_next_online_read(push_stores, tables, users):
     store.push("user_recent_push", _recent(user, pd.Timestamp.now(tz="UTC"), new_items), to=PushMode.ONLINE)
     got = _read(store, [user])
     assert got["recent_items"] == [new_items]
+    assert _lean_read(store, [user]) == got  # serving's reader sees the push as well
     assert got["recent_event_types"] == [["view"] * 3]
     # the user's other view is untouched by the push
     others = [k for k in got if k not in ("user_id", "recent_items", "recent_event_types")]
