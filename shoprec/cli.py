@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "SHOPREC_SERVE_* environment variables > this file > defaults")
     sp.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
     sp.add_argument("--port", type=int, default=None, help="TCP port (default 50051; 0: a free one, 1 process only)")
-    sp.add_argument("--workers", type=int, default=None, help="request threads per process (default 8)")
+    sp.add_argument("--workers", type=int, default=None, help="request threads per process (default 0: on the event loop)")
     sp.add_argument("--processes", type=int, default=None,
                     help="server processes sharing the port with SO_REUSEPORT (default 1; one per core)")
     sp = add("query", cmd_query, "call a running server: recommend, similar, cart, event or info")

@@ -91,7 +91,7 @@ BAD = [  # (file text, environment, flags) → substrings the message must conta
     ("", {"SHOPREC_SERVE_LIMITS__MAXK": "2"}, {}, ["SHOPREC_SERVE_LIMITS__MAXK", "SHOPREC_SERVE_LIMITS__MAX_K"]),
     ("port = 70000\n", {}, {}, ["port in", "between 0 and 65535"]),
     ("", {"SHOPREC_SERVE_PORT": "-1"}, {}, ["SHOPREC_SERVE_PORT", "between 0 and 65535"]),
-    ("workers = 0\n", {}, {}, ["workers in", "at least 1"]),
+    ("workers = -1\n", {}, {}, ["workers in", ">= 0"]),
     ("tf_threads = -1\n", {}, {}, ["tf_threads in", ">= 0"]),
     ('ranker = "mlp"\n', {}, {}, ["ranker in", "published, dcn, lstm"]),
     ("processes = 65\n", {}, {}, ["processes in", "between 1 and 64"]),

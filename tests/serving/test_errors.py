@@ -65,3 +65,27 @@ def test_record_events_with_the_store_down_is_unavailable(trained_workspace, rec
     with pytest.raises(StoreUnavailable, match="retry"):
         record_events(down, [pb.Event(user_id="u1", item_id=item, event_type="view")],
                       recommender.models.items.position)
+
+
+def test_worker_threads_give_the_same_answers_and_statuses(trained_workspace, recommender, client):
+    """workers = N (requests on threads, for a remote online store) against the default
+    (requests on the event loop): the same pages under concurrency, the same error statuses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
+
+    from serving.client import RecommenderClient
+    from serving.server import start
+
+    users = pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].value_counts().index[:12]
+    threaded = start(recommender, port=0, workers=3)
+    try:
+        with RecommenderClient(threaded.address) as c, ThreadPoolExecutor(6) as pool:
+            pages = list(pool.map(lambda u: [r.item_id for r in c.recommend(u, k=10).items], users))
+            assert pages == [[r.item_id for r in client.recommend(u, k=10).items] for u in users]
+            assert all(len(p) == 10 for p in pages)
+            with pytest.raises(grpc.RpcError) as err:
+                c.recommend(users[0], k=1000)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "k: must be between" in err.value.details()
+    finally:
+        threaded.stop()
