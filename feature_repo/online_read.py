@@ -14,18 +14,19 @@ from typing import Any
 
 
 class OnlineRowReader:
-    """Reads one entity's features of a feature service (a single join key, e.g. ``user_id``)."""
+    """Reads one entity's features (a single join key, e.g. ``user_id``): those of a feature
+    service (its name) or a list of "view:feature" references."""
 
-    def __init__(self, store, feature_service_name: str, join_key: str):
+    def __init__(self, store, features: str | list[str], join_key: str):
         from feast import utils
         from feast.protos.feast.types.Value_pb2 import Value
 
         self.store = store
         self.join_key = join_key
-        self.service = store.get_feature_service(feature_service_name)
-        # The SDK's own resolution of the service into (feature view, feature names) pairs.
+        wanted = store.get_feature_service(features) if isinstance(features, str) else list(features)
+        # The SDK's own resolution of the request into (feature view, feature names) pairs.
         planned = utils._prepare_entities_to_read_from_online_store(
-            registry=store.registry, project=store.project, features=self.service,
+            registry=store.registry, project=store.project, features=wanted,
             entity_values={join_key: ["plan"]}, full_feature_names=False)
         self.tables = [(table, list(names)) for table, names in planned[1]]
         for table, _ in self.tables:

@@ -11,6 +11,8 @@ it holds.
 """
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +21,8 @@ import pandas as pd
 
 from feature_repo.data.contract import EVENT_TYPES
 from feature_repo.data.features import COUNT_COLUMNS, RECENT_N, WINDOWS
+from feature_repo.online_read import OnlineRowReader
+from feature_repo.online_write import OnlinePusher
 
 DEPTH = {t: i for i, t in enumerate(EVENT_TYPES)}
 RECENT_VIEW, ACTIVITY_VIEW = "user_recent_fv", "user_activity_fv"
@@ -67,37 +71,56 @@ def fold_activity(row: dict[str, Any], events: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class _Plan:
+    """What apply_events needs from the registry, looked up once per store (not per call)."""
+
+    activity_fields: list[str]
+    reader: OnlineRowReader
+    recent: OnlinePusher
+    activity: OnlinePusher
+
+
+_plans: "weakref.WeakKeyDictionary[Any, _Plan]" = weakref.WeakKeyDictionary()
+
+
+def _plan(store) -> _Plan:
+    plan = _plans.get(store)
+    if plan is None:
+        fields = [f.name for f in store.get_feature_view(ACTIVITY_VIEW).features]
+        reader = OnlineRowReader(store, [f"{RECENT_VIEW}:recent_items", f"{RECENT_VIEW}:recent_event_types",
+                                         *(f"{ACTIVITY_VIEW}:{name}" for name in fields)], "user_id")
+        plan = _plans[store] = _Plan(fields, reader, OnlinePusher(store, "user_recent_push"),
+                                     OnlinePusher(store, "user_activity_push"))
+    return plan
+
+
 def apply_events(store, events: pd.DataFrame, now: datetime | None = None) -> dict[str, pd.DataFrame]:
     """Fold validated events into their users' online rows and push them; returns what was pushed.
 
-    One online read for all the users concerned, one push per feature view.
+    One online read per user concerned, one push per feature view.
     """
-    from feast.data_source import PushMode
-
     if events.empty:
         return {}
+    plan = _plan(store)
     events = events.sort_values("timestamp", kind="stable")
     users = list(dict.fromkeys(events["user_id"]))
-    activity_fields = [f.name for f in store.get_feature_view(ACTIVITY_VIEW).features]
-    current = store.get_online_features(
-        features=[f"{RECENT_VIEW}:recent_items", f"{RECENT_VIEW}:recent_event_types",
-                  *(f"{ACTIVITY_VIEW}:{name}" for name in activity_fields)],
-        entity_rows=[{"user_id": u} for u in users]).to_dict()
+    current = [plan.reader.read(u) for u in users]
     stamp = pd.Timestamp(now or datetime.now(timezone.utc))
     recent_rows, activity_rows = [], []
-    for i, user in enumerate(users):
+    for user, row in zip(users, current):
         mine = events[events["user_id"] == user]
-        items, types = fold_sequence(current["recent_items"][i] or [], current["recent_event_types"][i] or [], mine)
+        items, types = fold_sequence(row["recent_items"] or [], row["recent_event_types"] or [], mine)
         recent_rows.append({"user_id": user, "event_timestamp": stamp, "recent_items": items,
                             "recent_event_types": types})
-        row = fold_activity({name: current[name][i] for name in activity_fields}, mine)
-        activity_rows.append({"user_id": user, "event_timestamp": stamp, **row})
+        activity = fold_activity({name: row[name] for name in plan.activity_fields}, mine)
+        activity_rows.append({"user_id": user, "event_timestamp": stamp, **activity})
     recent, activity = pd.DataFrame(recent_rows), pd.DataFrame(activity_rows)
-    for col in activity_fields:  # Feast wants the schema's dtypes: counters int, the rest float
+    for col in plan.activity_fields:  # Feast wants the schema's dtypes: counters int, the rest float
         if col.startswith("n_"):
             activity[col] = activity[col].astype("int64")
         elif col != "favourite_categories":
             activity[col] = activity[col].astype("float64").replace({None: np.nan})
-    store.push("user_recent_push", recent, to=PushMode.ONLINE)
-    store.push("user_activity_push", activity, to=PushMode.ONLINE)
+    plan.recent.push(recent)
+    plan.activity.push(activity)
     return {"user_recent": recent, "user_activity": activity}

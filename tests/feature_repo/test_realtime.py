@@ -69,3 +69,24 @@ def test_a_new_user_gets_a_row(store):
     apply_events(s, pd.DataFrame([_event("brand-new-user", "i000007", "view", 0)]))
     row = _read(s, "brand-new-user")
     assert row["recent_items"] == ["i000007"] and row["n_view"] == 1 and row["n_purchase"] == 0
+
+
+def test_the_lean_push_stores_what_the_sdk_push_stores(store):
+    """apply_events pushes through OnlinePusher: the same frames through FeatureStore.push, for
+    another user, read back identically."""
+    from feast.data_source import PushMode
+
+    from feature_repo.online_write import OnlinePusher
+
+    s, _ = store
+    assert _read(s, "u-lean")["recent_items"] is None and _read(s, "u-by-sdk")["recent_items"] is None
+    pushed = apply_events(s, pd.DataFrame([_event("u-lean", "i000011", "view", 0),
+                                           _event("u-lean", "i000011", "purchase", 1, price=9.0)]))
+    for source, frame in (("user_recent_push", pushed["user_recent"]), ("user_activity_push", pushed["user_activity"])):
+        s.push(source, frame.assign(user_id="u-by-sdk"), to=PushMode.ONLINE)
+    lean, sdk = _read(s, "u-lean"), _read(s, "u-by-sdk")
+    assert lean.pop("user_id") == "u-lean" and sdk.pop("user_id") == "u-by-sdk"
+    assert lean == sdk
+    assert lean["recent_items"] == ["i000011"] and lean["n_purchase"] == 1 and lean["n_view"] == 1
+    with pytest.raises(Exception, match="no_such_push"):
+        OnlinePusher(s, "no_such_push")

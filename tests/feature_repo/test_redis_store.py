@@ -189,6 +189,22 @@ def test_push_is_visible_in_the_next_online_read(push_stores, tables, users):
     assert others and all(got[k] == before[k] for k in others)
 
 
+def test_events_fold_into_redis_as_into_sqlite(push_stores, users):
+    """Serving's event path (read, fold, push through OnlinePusher) gives the same row on both stores."""
+    from feature_repo.realtime import apply_events
+
+    user = users[2]
+    before = _read(push_stores[0], [user])
+    events = pd.DataFrame([{"user_id": user, "item_id": "i000030", "event_type": "purchase", "price": 5.0,
+                            "timestamp": pd.Timestamp.now(tz="UTC")}])
+    for store in push_stores:
+        apply_events(store, events)
+    redis_store, sqlite_store = push_stores
+    got = _read(redis_store, [user])
+    assert got == _read(sqlite_store, [user])
+    assert got["recent_items"][0][-1] == "i000030" and got["n_purchase"][0] == before["n_purchase"][0] + 1
+
+
 def test_a_push_older_than_the_stored_row_is_dropped_by_redis_but_not_by_sqlite(push_stores, users):
     """Feast's redis store keeps the newest event_timestamp per entity and view (an older or
     equal one is skipped silently); sqlite overwrites whatever came last. Serving must stamp
