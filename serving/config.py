@@ -41,9 +41,9 @@ class ServingConfig:
       host: interface to listen on ("0.0.0.0" for every interface).
       port: TCP port; 0 picks a free one (single process only).
       workers: request threads per process; 0 (default) runs requests on the server's event
-        loop one at a time, fastest when the online store is local (p99 15 ms instead of 24 ms
-        at the same throughput, docs/benchmarks.md); N threads let requests overlap the round
-        trips of an online store across a network.
+        loop one at a time, fastest when the online store is local (p99 22-24 ms against
+        27-51 ms with threads in the same runs, docs/benchmarks.md); N threads let requests
+        overlap the round trips of an online store across a network.
       ranker: "published" serves the ranking model training published (the better one on
         validation); "dcn" or "lstm" serves the newest model of that kind. The DCN costs a third
         of the LSTM's CPU per request for slightly lower quality (docs/benchmarks.md).

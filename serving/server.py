@@ -7,9 +7,10 @@ traceback of anything unexpected without sending it to the client.
 The server is grpc.aio on an event loop of its own thread. With ``workers = 0`` (the default)
 each request runs on that loop, one at a time, in arrival order: with one process per core
 there is nothing to overlap but the online read, and the thread hand-offs of a thread-pool
-server cost more. Measured on 2 cores (docs/benchmarks.md): the same pipeline answered at p99
-15 ms instead of 24 ms, at the same throughput. ``workers = N`` runs requests on N threads
-instead, for an online store across a network, whose round trips other requests should fill.
+server cost more. Measured on 2 cores (docs/benchmarks.md): p99 22-24 ms against 27-51 ms
+for the thread-pool server in the same runs, with more throughput. ``workers = N`` runs
+requests on N threads instead, for an online store across a network, whose round trips
+other requests should fill.
 """
 from __future__ import annotations
 
