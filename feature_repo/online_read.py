@@ -2,11 +2,12 @@
 
 ``FeatureStore.get_online_features`` resolves the feature service, converts the entity rows to
 protobuf, builds a response proto and converts it back to Python on every call: about 0.4 ms
-of a served request's ~3 ms, for one user. ``OnlineRowReader`` resolves the feature service
-once (per registry version) and per call does only what the store needs: one entity key,
-``OnlineStore.online_read`` per feature view (the same reads the SDK makes), and the values
-converted with Feast's own type map. The result equals ``get_online_features(...).to_dict()``
-for that one row (tests/feature_repo/test_online_read.py holds it to that).
+of a served request's ~3 ms, for one user. ``OnlineRowReader`` resolves the features once,
+when it is made (a re-applied feature repo needs a new reader: a server restart), and per
+call does only what the store needs: one entity key, ``OnlineStore.online_read`` per feature
+view (the same reads the SDK makes), and the values converted with Feast's own type map. The
+result equals ``get_online_features(...).to_dict()`` for that one row
+(tests/feature_repo/test_redis_store.py holds it to that on sqlite and Redis).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ class OnlineRowReader:
 
     def __init__(self, store, features: str | list[str], join_key: str):
         from feast import utils
-        from feast.protos.feast.types.Value_pb2 import Value
 
         self.store = store
         self.join_key = join_key
@@ -36,14 +36,14 @@ class OnlineRowReader:
                                  "read it with FeatureStore.get_online_features")
         self.feature_names = [n for _, names in self.tables for n in names]
         self._online_store = store._get_provider().online_store
-        self._value = Value
 
     def read(self, entity_id: str) -> dict[str, Any]:
         """{feature name: value} for one entity; None for each feature the store does not hold."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import feast_value_type_to_python_type
 
-        key = EntityKey(join_keys=[self.join_key], entity_values=[self._value(string_val=entity_id)])
+        key = EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=entity_id)])
         out: dict[str, Any] = {}
         for table, names in self.tables:
             _, values = self._online_store.online_read(config=self.store.config, table=table,

@@ -5,6 +5,9 @@ call, with runtime type checks: about 11 of the 28 ms of CPU a one-event RecordE
 ``OnlinePusher`` finds the push source's feature views once and per push does what
 ``push(..., to=PushMode.ONLINE)`` does for plain feature views: ``Provider.ingest_df`` into
 each (tests/feature_repo/test_realtime.py reads back the same rows as after the SDK's push).
+Not covered, because this project has neither: on-demand views that transform on write
+(refused here) and feature services with ``precompute_online``, whose vectors only
+``FeatureStore.push`` refreshes.
 """
 from __future__ import annotations
 
@@ -20,8 +23,6 @@ class OnlinePusher:
         self.push_source_name = push_source_name
         views = store._fvs_for_push_source_or_raise(push_source_name, True)  # raises if none
         for view in views:
-            # An on-demand view transforms on write, and a precomputed feature service needs
-            # Feast's own bookkeeping: both are FeatureStore.push's job.
             if isinstance(view, OnDemandFeatureView):
                 raise ValueError(f"push source {push_source_name!r} feeds the on-demand view {view.name}; "
                                  "push to it with FeatureStore.push")

@@ -1,7 +1,7 @@
 """The request pipeline: one user (and what the shop knows right now) in, k ranked items out.
 
-Per request: ONE Feast online read for the user (feature_repo/online_read.py); the request context (session items, cart,
-viewed item) extends the history → user tower (exported tf.function) → candidates from FAISS,
+Per request: ONE Feast online read for the user (feature_repo/online_read.py); the request
+context (session items, cart, viewed item) extends the history → user tower (exported tf.function) → candidates from FAISS,
 co-occurrence, the context's complements and similar items, trending, new and popular →
 filters (bought unless a repeat-purchase item, in the cart, excluded, unavailable, category,
 price) → ranker heads over [user, item, cross] features (item features from memory) → page
@@ -90,8 +90,8 @@ class Models:
     def __post_init__(self) -> None:
         # The exported functions have one input signature each: calling their graph directly
         # skips tf.function's argument matching (~0.1 ms per call, two calls a request).
-        self._embed_user = _concrete(self.user_tower.embed)
-        self._score_heads = _concrete(self.scorer.score_heads)
+        self._embed_user = _graph_call(self.user_tower.embed)
+        self._score_heads = _graph_call(self.scorer.score_heads)
         if self.cooccurrence is not None and self.item_to_cooccurrence is None:
             self.item_to_cooccurrence = np.array([self.cooccurrence.position.get(i, -1) for i in self.items.item_ids],
                                                  dtype=np.int64)
@@ -162,7 +162,7 @@ class Models:
                    catalog_availability(ws, items), fingerprint, churn)
 
 
-def _concrete(function):
+def _graph_call(function):
     """A fast way to call a restored tf.function that has one input signature and one output
     tensor: its graph with the flat inputs and captured variables, skipping the argument binding
     of ``ConcreteFunction.__call__`` (0.12 ms of a 0.4 ms user-tower call). That is TensorFlow's
