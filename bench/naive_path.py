@@ -78,7 +78,7 @@ class Paths:
         types = (types + ["view"] * len(history))[: len(history)]
         if not history:
             return None
-        user_emb = m.embed_user(user_id, pad_sequences([history], RECENT_N).astype(str), activity_vector(user)[None])
+        user_emb = m.embed_users([user_id], pad_sequences([history], RECENT_N).astype(str), activity_vector(user)[None])
         t = _lap(steps, "user_tower", t)
         cand = self.sources.gather(user_emb, history)
         bought = {i for i, ty in zip(history, types) if ty == "purchase"}

@@ -66,7 +66,7 @@ def main() -> None:
         # Module-level functions are patched where the pipeline looks them up; restored below.
         originals = {name: getattr(pipeline, name) for name in ("rank_features", "pick_page")}
         timed(rec, "user_features", "feast_read")
-        timed(m, "embed_user", "user_tower")
+        timed(m, "embed_users", "user_tower")
         timed(rec._live.sources, "gather", "candidates")
         timed(pipeline, "rank_features", "features")
         timed(m, "score_heads", "ranker")

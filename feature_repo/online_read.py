@@ -39,17 +39,25 @@ class OnlineRowReader:
 
     def read(self, entity_id: str) -> dict[str, Any]:
         """{feature name: value} for one entity; None for each feature the store does not hold."""
+        return self.read_many([entity_id])[0]
+
+    def read_many(self, entity_ids: list[str]) -> list[dict[str, Any]]:
+        """``read`` for several entities, in their order, with one ``online_read`` per feature
+        view for all of them (what a batch of requests costs the store)."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import feast_value_type_to_python_type
 
-        key = EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=entity_id)])
-        out: dict[str, Any] = {}
+        keys = [EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=e)]) for e in entity_ids]
+        out: list[dict[str, Any]] = [{} for _ in entity_ids]
         for table, names in self.tables:
-            _, values = self._online_store.online_read(config=self.store.config, table=table,
-                                                       entity_keys=[key], requested_features=names)[0]
-            values = values or {}
-            for name in names:
-                value = values.get(name)
-                out[name] = feast_value_type_to_python_type(value) if value is not None else None
+            rows = self._online_store.online_read(config=self.store.config, table=table, entity_keys=keys,
+                                                  requested_features=names)
+            if len(rows) != len(keys):  # every store answers one row per key, in order; say so if not
+                raise RuntimeError(f"online store answered {len(rows)} rows for {len(keys)} keys of {table.name}")
+            for row, (_, values) in zip(out, rows):
+                values = values or {}
+                for name in names:
+                    value = values.get(name)
+                    row[name] = feast_value_type_to_python_type(value) if value is not None else None
         return out

@@ -44,6 +44,10 @@ class ServingConfig:
         loop one at a time, fastest when the online store is local (p99 22-24 ms against
         27-51 ms with threads in the same runs, docs/benchmarks.md); N threads let requests
         overlap the round trips of an online store across a network.
+      max_batch: with ``workers = 0``, up to this many Recommend calls that queued up while the
+        process was busy are answered together: one online read, one user-tower call and (with
+        the DCN) one ranker call for all of them (serving/batching.py); 1 answers them one at a
+        time. An idle server answers each call at once whatever this is.
       ranker: "published" serves the ranking model training published (the better one on
         validation); "dcn" or "lstm" serves the newest model of that kind. The DCN costs a third
         of the LSTM's CPU per request for slightly lower quality (docs/benchmarks.md).
@@ -65,6 +69,7 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 0
+    max_batch: int = 8
     tf_threads: int = 0
     ranker: str = "published"
     processes: int = 1
@@ -236,6 +241,8 @@ def _validate(cfg: ServingConfig, label) -> None:
     require(bool(cfg.host.strip()), None, "host", 'must name an interface, e.g. "127.0.0.1" or "0.0.0.0"')
     require(0 <= cfg.port <= 65535, None, "port", "must be between 0 and 65535 (0 picks a free port)")
     require(cfg.workers >= 0, None, "workers", "must be >= 0 (request threads per process; 0: on the event loop)")
+    require(1 <= cfg.max_batch <= 256, None, "max_batch",
+            "must be between 1 and 256 (Recommend calls answered together; 1: one at a time)")
     require(cfg.ranker in RANKERS, None, "ranker", f"must be one of {', '.join(RANKERS)}")
     require(cfg.tf_threads >= 0, None, "tf_threads", "must be >= 0 (0: the cores divided by the processes)")
     require(1 <= cfg.processes <= MAX_PROCESSES, None, "processes",

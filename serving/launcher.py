@@ -52,7 +52,8 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool):
     recommender = Recommender(ws, quotas=cfg.quotas, feature_store=store,
                               store_retry_seconds=cfg.store_retry_seconds, rules=cfg.rules, ranker=cfg.ranker)
     recommender.watch(cfg.reload_seconds)  # hot reload of newly published versions
-    return start(recommender, cfg.host, cfg.port, cfg.workers, cfg.limits, reuse_port=reuse_port)
+    return start(recommender, cfg.host, cfg.port, cfg.workers, cfg.limits, reuse_port=reuse_port,
+                 max_batch=cfg.max_batch)
 
 
 def limit_tensorflow_threads(threads: int) -> None:

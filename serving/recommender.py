@@ -86,6 +86,7 @@ class Models:
     fingerprint: tuple = ()  # what was loaded; a different one on disk means reload
     churn: Any = None  # serving.churn.ChurnModel (None: not trained yet)
     item_to_cooccurrence: np.ndarray | None = None  # ItemTable position → co-occurrence row (-1: none)
+    ranker_kind: str = ""  # "dcn" or "lstm" (the ranking manifest's spec)
 
     def __post_init__(self) -> None:
         # The exported functions have one input signature each: calling their graph directly
@@ -96,11 +97,17 @@ class Models:
             self.item_to_cooccurrence = np.array([self.cooccurrence.position.get(i, -1) for i in self.items.item_ids],
                                                  dtype=np.int64)
 
-    def embed_user(self, user_id: str, history: np.ndarray, activity: np.ndarray) -> np.ndarray:
-        """[1, D] user-tower embedding: ``history`` [1, RECENT_N] padded ids, ``activity`` [1, A]."""
+    def embed_users(self, user_ids: list[str], history: np.ndarray, activity: np.ndarray) -> np.ndarray:
+        """[B, D] user-tower embeddings: ``history`` [B, RECENT_N] padded ids, ``activity`` [B, A]."""
         import tensorflow as tf
 
-        return self._embed_user(tf.constant([user_id]), tf.constant(history), tf.constant(activity)).numpy()
+        return self._embed_user(tf.constant(user_ids), tf.constant(history), tf.constant(activity)).numpy()
+
+    @property
+    def ranker_scores_rows_alone(self) -> bool:
+        """True when the ranker scores each row from its own features only (the DCN), so that
+        several users' candidates can go through one call; the LSTM reads the user's history."""
+        return self.ranker_kind == "dcn"
 
     def score_heads(self, features: np.ndarray, item_ids: np.ndarray, history: np.ndarray,
                     history_types: np.ndarray) -> np.ndarray:
@@ -159,7 +166,7 @@ class Models:
             churn = None
         return cls(versions, user_tower, index, item_embeddings, scorer, items, index_to_item, item_to_index,
                    items.most_popular(len(items)), cooccurrence, item_tower, weights, head_index, repeat_rate,
-                   catalog_availability(ws, items), fingerprint, churn)
+                   catalog_availability(ws, items), fingerprint, churn, ranker_kind=spec.get("kind", ""))
 
 
 def _graph_call(function):
@@ -253,6 +260,28 @@ class _Live:
     sources: CandidateSources
 
 
+@dataclass(eq=False)
+class _Request:
+    """One Recommend request on its way through the pipeline (``Recommender._recommend``)."""
+
+    user_id: str
+    k: int
+    ctx: RequestContext
+    rules: Rules
+    user: dict[str, Any] = field(default_factory=dict)  # the online features read for it
+    degraded: bool = False
+    personalized: bool = False
+    history: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    blocked: set[str] = field(default_factory=set)
+    user_emb: np.ndarray | None = None  # [1, D]
+    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # candidates (ItemTable)
+    masks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    retrieval: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    features: np.ndarray | None = None  # the ranker's input rows (ranking/features.py)
+    probs: np.ndarray | None = None  # [len(positions), tasks] once ranked
+
+
 class Recommender:
     """Serves recommendations from a workspace's live artifacts and its Feast online store.
 
@@ -306,7 +335,7 @@ class Recommender:
                 return False
             try:
                 live = self._build(Models.load(self.ws, self.ranker))
-                self._recommend(live, "warm-up", 10, RequestContext())  # trace the new tf.functions first
+                self._recommend(live, [_Request("warm-up", 10, RequestContext(), self.rules)])  # trace the new tf.functions first
             except Exception:  # noqa: BLE001 - keep serving the old version, loudly
                 log.exception("reload failed; still serving %s", self.models.versions)
                 return False
@@ -334,16 +363,23 @@ class Recommender:
 
     def user_features(self, user_id: str) -> tuple[dict[str, Any], bool]:
         """The user's online features (one read) and whether the store failed."""
-        if not user_id:
-            return {}, False
+        rows, degraded = self.users_features([user_id])
+        return rows[0], degraded
+
+    def users_features(self, user_ids: list[str]) -> tuple[list[dict[str, Any]], bool]:
+        """Several users' online features (one read of the store for all) and whether it failed."""
+        wanted = [u for u in dict.fromkeys(user_ids) if u]
+        if not wanted:
+            return [{} for _ in user_ids], False
         if time.monotonic() < self._store_down_until:
-            return {}, True
+            return [{} for _ in user_ids], True
         try:
-            return self.user_reader.read(user_id), False
+            found = dict(zip(wanted, self.user_reader.read_many(wanted)))
         except Exception:  # store down: serve without personal features rather than fail
             log.exception("online feature read failed; skipping the store for %.0fs", self.store_retry_seconds)
             self._store_down_until = time.monotonic() + self.store_retry_seconds
-            return {}, True
+            return [{} for _ in user_ids], True
+        return [found.get(u, {}) for u in user_ids], False
 
     # -- RPCs ---------------------------------------------------------------------------------
 
@@ -352,7 +388,28 @@ class Recommender:
         """Top-k for a user in a context (``exclude``/``category``: shorthands for the context's;
         ``rules``: other page rules for this request, e.g. a retention mix)."""
         context = context or RequestContext(exclude=tuple(exclude), category=category)
-        return self._recommend(self._live, user_id, k, context, rules)
+        return self._recommend(self._live, [_Request(user_id, k, context, rules or self.rules)])[0]
+
+    def recommend_many(self, calls: list[tuple[str, int, RequestContext]]) -> list[RecommendResult | Exception]:
+        """Several (user_id, k, context) requests answered together: one online read, one
+        user-tower call and (with the DCN) one ranker call for all of them, which costs less
+        than one call per request (docs/benchmarks.md). Each answer is the request's result,
+        or the exception it raised; a request that fails in a batch is retried alone, so that
+        it cannot fail the others."""
+        live = self._live
+        requests = [_Request(u, k, ctx, self.rules) for u, k, ctx in calls]
+        if len(requests) > 1:
+            try:
+                return list(self._recommend(live, requests))
+            except Exception:  # noqa: BLE001 - unexpected: find the request it belongs to
+                log.exception("a batch of %d requests failed; answering them one by one", len(requests))
+        out: list[RecommendResult | Exception] = []
+        for request in requests:
+            try:
+                out.append(self._recommend(live, [request])[0])
+            except Exception as e:  # noqa: BLE001 - the caller maps it to a status
+                out.append(e)
+        return out
 
     def cart(self, item_ids: list[str], k: int, user_id: str = "") -> RecommendResult:
         """Complements of a cart: the cart surface of ``recommend``, other categories first."""
@@ -361,7 +418,8 @@ class Recommender:
         if not known:
             raise UnknownItem(f"item_ids: none of {item_ids[:5]}{'...' if len(item_ids) > 5 else ''} is in the "
                               "catalog; send catalog item ids (the cart's contents).")
-        return self._recommend(self._live, user_id, k, RequestContext(surface="cart", cart=tuple(known)))
+        return self._recommend(self._live, [_Request(user_id, k, RequestContext(surface="cart", cart=tuple(known)),
+                                                     self.rules)])[0]
 
     def similar_items(self, item_id: str, k: int, exclude: tuple[str, ...] = (),
                       same_category: bool = False) -> RecommendResult:
@@ -429,11 +487,29 @@ class Recommender:
     def _available(m: Models, p: int) -> bool:
         return m.available is None or bool(m.available[p])
 
-    def _recommend(self, live: _Live, user_id: str, k: int, ctx: RequestContext,
-                   rules: Rules | None = None) -> RecommendResult:
-        rules = rules or self.rules
-        m, items = live.models, live.models.items
-        user, degraded = self.user_features(user_id)
+    def _recommend(self, live: _Live, requests: list["_Request"]) -> list[RecommendResult]:
+        """The pipeline over a batch of requests: the steps with a per-call cost (the online
+        read, the user tower, the DCN) run once for all of them, the rest per request."""
+        m = live.models
+        users, degraded = self.users_features([r.user_id for r in requests])
+        for r, user in zip(requests, users):
+            self._prepare(m, r, user, degraded)
+        personal = [r for r in requests if r.history]
+        if personal:
+            embeddings = m.embed_users([r.user_id or "anonymous" for r in personal],
+                                       pad_sequences([r.history for r in personal], RECENT_N).astype(str),
+                                       np.stack([activity_vector(r.user) for r in personal]))
+            for r, emb in zip(personal, embeddings):
+                r.user_emb = emb[None]
+        for r in requests:
+            self._candidates(live, r)
+        self._rank(m, [r for r in requests if r.history and len(r.positions)])
+        return [self._page(m, r) for r in requests]
+
+    def _prepare(self, m: Models, r: "_Request", user: dict[str, Any], degraded: bool) -> None:
+        """History (stored, then the request's context), what is blocked, and the flags."""
+        items, ctx = m.items, r.ctx
+        r.user, r.degraded = user, degraded
         stored = list(user.get("recent_items") or [])
         stored_types = list(user.get("recent_event_types") or [])
         stored_types = (stored_types + ["view"] * len(stored))[: len(stored)]
@@ -443,52 +519,69 @@ class Recommender:
         if ctx.viewed:
             extra.append((ctx.viewed, "view"))
         extra = [(i, t) for i, t in extra if i in items.position]
-        history = (stored + [i for i, _ in extra])[-RECENT_N:]
-        types = (stored_types + [t for _, t in extra])[-RECENT_N:]
-        personalized = bool(stored)
+        r.history = (stored + [i for i, _ in extra])[-RECENT_N:]
+        r.types = (stored_types + [t for _, t in extra])[-RECENT_N:]
+        r.personalized = bool(stored)
         bought = {i for i, t in zip(stored, stored_types) if t == "purchase"}
-        repeatable = {i for i in bought if i in items.position
-                      and m.repeat_rate is not None and m.repeat_rate[items.position[i]] >= rules.repeat_purchase_rate}
-        blocked = set(ctx.exclude) | set(ctx.cart) | (bought - repeatable)
+        repeatable = {i for i in bought if i in items.position and m.repeat_rate is not None
+                      and m.repeat_rate[items.position[i]] >= r.rules.repeat_purchase_rate}
+        r.blocked = set(ctx.exclude) | set(ctx.cart) | (bought - repeatable)
         if ctx.viewed:
-            blocked.add(ctx.viewed)
+            r.blocked.add(ctx.viewed)
 
-        user_emb = None
-        if history:
-            user_emb = m.embed_user(user_id or "anonymous", pad_sequences([history], RECENT_N).astype(str),
-                                    activity_vector(user)[None])
-        cand = live.sources.gather(user_emb, history, self._context_candidates(m, ctx))
-        ok = self._allowed(m, cand.positions, ctx, blocked)
+    def _candidates(self, live: _Live, r: "_Request") -> None:
+        """Gathered, filtered (and filled up to k) candidates with their retrieval scores."""
+        m, ctx = live.models, r.ctx
+        cand = live.sources.gather(r.user_emb, r.history, self._context_candidates(m, ctx))
+        ok = self._allowed(m, cand.positions, ctx, r.blocked)
         positions, masks = cand.positions[ok], cand.masks[ok]
-        if len(positions) < k:  # filters must still fill the page: popular items that pass them
+        if len(positions) < r.k:  # filters must still fill the page: popular items that pass them
             fill = m.popular[~np.isin(m.popular, cand.positions)]
-            allowed = np.flatnonzero(self._allowed(m, fill, ctx, blocked))[: k - len(positions)]
+            allowed = np.flatnonzero(self._allowed(m, fill, ctx, r.blocked))[: r.k - len(positions)]
             positions = np.concatenate([positions, fill[allowed]])
             masks = np.concatenate([masks, np.zeros(len(allowed), np.int64)])
-        if not len(positions):
-            return RecommendResult(user_id, [], personalized, degraded, m.versions)
-        retrieval = np.zeros(len(positions), dtype=np.float32)
-        if user_emb is not None:
+        r.positions, r.masks = positions, masks
+        r.retrieval = np.zeros(len(positions), dtype=np.float32)
+        if r.user_emb is not None and len(positions):
             index_pos = m.item_to_index[positions]
-            retrieval = np.where(index_pos >= 0, m.item_embeddings[np.maximum(index_pos, 0)] @ user_emb[0],
-                                 0.0).astype(np.float32)
+            r.retrieval = np.where(index_pos >= 0, m.item_embeddings[np.maximum(index_pos, 0)] @ r.user_emb[0],
+                                   0.0).astype(np.float32)
 
+    def _rank(self, m: Models, requests: list["_Request"]) -> None:
+        """Head probabilities of every request's candidates: one ranker call for all of them
+        when the ranker scores rows alone, else one per request (the LSTM reads its history)."""
+        if not requests:
+            return
+        items = m.items
+        for r in requests:
+            r.features = rank_features(r.user, r.positions, r.retrieval, items, m.cooccurrence,
+                                       m.item_to_cooccurrence)
+        for group in [requests] if m.ranker_scores_rows_alone else [[r] for r in requests]:
+            first = group[0]  # the history the LSTM reads (its group is this one request); the DCN reads none
+            probs = m.score_heads(np.concatenate([r.features for r in group]),
+                                  items.item_ids[np.concatenate([r.positions for r in group])].astype(str),
+                                  np.asarray(first.history, dtype=str), np.asarray(first.types, dtype=str))
+            for r, part in zip(group, np.split(probs, np.cumsum([len(r.positions) for r in group])[:-1])):
+                r.probs = part
+
+    def _page(self, m: Models, r: "_Request") -> RecommendResult:
+        """Final scores, the page rules and the response items of one request."""
+        items, ctx, rules, positions = m.items, r.ctx, r.rules, r.positions
+        if not len(positions):
+            return RecommendResult(r.user_id, [], r.personalized, r.degraded, m.versions)
         heads = np.zeros((len(positions), 3), dtype=np.float32)
-        if history:
-            x = rank_features(user, positions, retrieval, items, m.cooccurrence, m.item_to_cooccurrence)
-            probs = m.score_heads(x, items.item_ids[positions].astype(str), np.asarray(history, dtype=str),
-                                  np.asarray(types, dtype=str))
-            final = probs @ m.head_weights
+        if r.probs is not None:
+            final = r.probs @ m.head_weights
             for col, src in enumerate(m.head_index):
                 if src >= 0:
-                    heads[:, col] = probs[:, src]
+                    heads[:, col] = r.probs[:, src]
         else:  # cold start without context: popularity order (nothing personal to rank with)
             final = 1.0 - np.arange(len(positions), dtype=np.float32) / len(positions)
 
         order = np.argsort(-final, kind="stable").tolist()
         # The rules look candidates up by their row here: arrays aligned with ``positions``.
         category, code = items.category[positions], items.category_code[positions]
-        recent_positions = items.positions(history)
+        recent_positions = items.positions(r.history)
         recent_cats = {items.category[p] for p in recent_positions}
         new_cut = items.as_of_epoch - self.quotas.new_item_days * 86400
         cart = items.positions(list(ctx.cart))
@@ -496,7 +589,7 @@ class Recommender:
             # Complements first: items from the cart's own categories go after the others.
             order.sort(key=np.isin(code, items.category_code[cart]).__getitem__)
         page, slots = pick_page(
-            order, k, category.__getitem__, rules if not ctx.category else
+            order, r.k, category.__getitem__, rules if not ctx.category else
             Rules(1.0, 0, rules.new_item_slots, rules.repeat_purchase_rate),
             other_category=(~np.isin(code, items.category_code[recent_positions])).__getitem__
             if recent_cats else None,
@@ -504,10 +597,10 @@ class Recommender:
         out = []
         for i in page:
             p = int(positions[i])
-            sources = Candidates.names(int(masks[i])) or ["popular"]
+            sources = Candidates.names(int(r.masks[i])) or ["popular"]
             reason = slots.get(i) or _reason(sources, items.category[p] in recent_cats)
-            out.append(self._item(m, p, float(final[i]), float(retrieval[i]), sources, reason, tuple(heads[i])))
-        return RecommendResult(user_id, out, personalized, degraded, m.versions)
+            out.append(self._item(m, p, float(final[i]), float(r.retrieval[i]), sources, reason, tuple(heads[i])))
+        return RecommendResult(r.user_id, out, r.personalized, r.degraded, m.versions)
 
     def _context_candidates(self, m: Models, ctx: RequestContext) -> list[tuple[list[int], str]]:
         """Complements of the cart and the viewed item, and items similar to the viewed one."""

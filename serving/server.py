@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving.batching import LoopBatcher
 from serving.errors import InvalidArgument, status_for
 from serving.proto import recommender_pb2 as pb
 from serving.proto import recommender_pb2_grpc as pb_grpc
@@ -87,14 +88,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """The shoprec.v1 service: each RPC is a plain function of the request (``_recommend``, ...)
     that ``_serve`` runs (on the loop, or on a worker thread) and whose errors it maps."""
 
-    def __init__(self, recommender: Recommender, limits: Limits = Limits(), workers: int = 0):
+    def __init__(self, recommender: Recommender, limits: Limits = Limits(), workers: int = 0, max_batch: int = 8):
         self.recommender = recommender
         self.limits = limits
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="shoprec-rpc") if workers else None
+        # On the loop, Recommend calls that queue up are answered together (serving/batching.py).
+        self.recommend_batcher = (LoopBatcher(self._recommend_batch, max_batch)
+                                  if self._pool is None and max_batch > 1 else None)
 
     async def _serve(self, work, request, context: grpc.aio.ServicerContext):
         try:
             self._check_deadline(context)
+            if isinstance(work, LoopBatcher):
+                return await work.submit(request)
             if self._pool is None:
                 return work(request)
             return await asyncio.get_running_loop().run_in_executor(self._pool, work, request)
@@ -125,11 +131,27 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         )
 
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
-        return await self._serve(self._recommend, request, context)
+        return await self._serve(self.recommend_batcher or self._recommend, request, context)
 
     def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
         k, ctx = validate_recommend(request, self.limits)
         return self._respond(self.recommender.recommend(request.user_id, k, ctx))
+
+    def _recommend_batch(self, requests: list[pb.RecommendRequest]) -> list[pb.RecommendResponse | Exception]:
+        """Several Recommend calls at once: each validated alone, the valid ones answered together."""
+        out: list[pb.RecommendResponse | Exception | None] = [None] * len(requests)
+        calls, where = [], []
+        for i, request in enumerate(requests):
+            try:
+                k, ctx = validate_recommend(request, self.limits)
+            except InvalidArgument as e:
+                out[i] = e
+                continue
+            calls.append((request.user_id, k, ctx))
+            where.append(i)
+        for i, result in zip(where, self.recommender.recommend_many(calls)):
+            out[i] = result if isinstance(result, Exception) else self._respond(result)
+        return out
 
     async def SimilarItems(self, request: pb.SimilarItemsRequest, context) -> pb.RecommendResponse:
         return await self._serve(self._similar_items, request, context)
@@ -237,14 +259,16 @@ class RunningServer:
 
 
 def start(recommender: Recommender, host: str = "127.0.0.1", port: int = 50051, workers: int = 0,
-          limits: Limits = Limits(), reuse_port: bool = False) -> RunningServer:
+          limits: Limits = Limits(), reuse_port: bool = False, max_batch: int = 8) -> RunningServer:
     """Start serving on host:port (port 0 picks a free one) and mark the service SERVING.
 
     ``workers``: 0 runs requests on the server's event loop, N on N threads (module docstring).
+    ``max_batch``: with ``workers = 0``, up to this many Recommend calls that queued up are
+    answered together (serving/batching.py); 1 answers them one at a time.
     ``reuse_port``: let several server processes listen on the same port (SO_REUSEPORT; the
     kernel spreads connections over them), which is how one machine's cores are all used.
     """
-    servicer = RecommenderServicer(recommender, limits, workers)
+    servicer = RecommenderServicer(recommender, limits, workers, max_batch)
 
     async def begin() -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])

@@ -139,6 +139,12 @@ def test_serving_reader_equals_the_sdk_read(which, redis_store, sqlite_store, us
     lean = _lean_read(store, ids)
     assert lean == _read(store, ids)
     assert lean["recent_items"][0] and lean["n_view"][-1] is None  # real rows, and the unknown user's
+    # A batch of requests reads all its users at once: the same rows, in the order asked,
+    # duplicates and the unknown user included.
+    reader = OnlineRowReader(store, SERVICE, "user_id")
+    mixed = [ids[3], "nobody-at-all", ids[0], ids[3]]
+    assert reader.read_many(mixed) == [reader.read(u) for u in mixed]
+    assert reader.read_many(mixed)[0]["recent_items"] and reader.read_many([]) == []
 
 
 def test_materialize_twice_is_idempotent(redis_store, redis_ws, redis_url, tables, users):

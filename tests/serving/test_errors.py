@@ -36,7 +36,7 @@ def test_pipeline_errors_reach_the_client_with_their_status(grpc_server, recomme
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(recommender, "recommend", fail)
+    monkeypatch.setattr(recommender, "_recommend", fail)  # the pipeline, alone or batched
     with RecommenderClient(grpc_server.address) as c, pytest.raises(grpc.RpcError) as err:
         c.recommend("u000001")
     assert err.value.code() == code and err.value.details() == str(error)

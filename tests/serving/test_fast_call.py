@@ -16,7 +16,7 @@ def test_fast_calls_equal_the_public_calls(recommender):
     items = m.items.item_ids[:30].astype(str)
     history = pad_sequences([list(items[:7])], RECENT_N).astype(str)
     activity = activity_vector({"n_view": 12, "n_purchase": 2})[None]
-    fast = m.embed_user("u1", history, activity)
+    fast = m.embed_users(["u1"], history, activity)
     public = m.user_tower.embed(tf.constant(["u1"]), tf.constant(history), tf.constant(activity)).numpy()
     assert fast.shape == public.shape == (1, m.item_embeddings.shape[1])
     np.testing.assert_allclose(fast, public, rtol=1e-6, atol=1e-6)

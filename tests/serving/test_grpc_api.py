@@ -142,7 +142,7 @@ def test_unexpected_errors_become_internal_without_details(grpc_server, recommen
     def boom(*args, **kwargs):
         raise KeyError("secret internal detail")
 
-    monkeypatch.setattr(recommender, "recommend", boom)
+    monkeypatch.setattr(recommender, "_recommend", boom)  # the pipeline, alone or batched
     with RecommenderClient(grpc_server.address) as c, pytest.raises(grpc.RpcError) as err:
         c.recommend("u000001")
     assert err.value.code() == grpc.StatusCode.INTERNAL
