@@ -63,15 +63,21 @@ def summary(lat_s: list[float], window_s: float, errors: dict[str, int]) -> dict
 
 async def load_run(address: str, method: str, requests: list, concurrency: int, warmup_s: float,
                    duration_s: float, max_requests: int, deadline_s: float, server_pids=lambda: [],
-                   stop: asyncio.Event | None = None) -> dict:
+                   stop: asyncio.Event | None = None, connections: int = 0) -> dict:
     """One measured window at fixed concurrency; ``method`` is "Recommend" or "GetInfo".
 
+    ``connections``: 0 gives each coroutine a connection of its own; N > 0 opens N and sends
+    each request on the next one in turn (a backend's connection pool: with many connections
+    SO_REUSEPORT's random split of them over the server processes evens out).
     With ``stop``, the window lasts until it is set (background load for the freshness test).
     """
-    channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(concurrency)]
+    pooled = connections > 0
+    channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                for _ in range(connections if pooled else concurrency)]
     await asyncio.gather(*(c.channel_ready() for c in channels))
     calls = [getattr(pb_grpc.RecommenderStub(c), method) for c in channels]
     counter = iter(range(1 << 62))
+    turn = iter(range(1 << 62))
     lat: list[float] = []
     errors: dict[str, int] = {}
     personalized = [0]
@@ -79,9 +85,10 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
     window = {"start": loop.time() + warmup_s, "end": float("inf")}
     done = asyncio.Event()
 
-    async def worker(call) -> None:
+    async def worker(own_call) -> None:
         while not done.is_set():
             req = requests[next(counter) % len(requests)]
+            call = calls[next(turn) % len(calls)] if pooled else own_call
             t0 = loop.time()
             try:
                 resp = await call(req, timeout=deadline_s)
@@ -112,7 +119,7 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
         done.set()
         return cpu_usage(before, cpu_snapshot(server_pids()))
 
-    workers = [asyncio.create_task(worker(c)) for c in calls]
+    workers = [asyncio.create_task(worker(calls[i % len(calls)])) for i in range(concurrency)]
     cpu = await clock()
     await asyncio.gather(*workers)
     await asyncio.gather(*(c.close() for c in channels))
@@ -300,6 +307,9 @@ def main() -> None:
                         "and top-level serving settings, e.g. 2:two_tower=520,ranker=dcn; code=DIR serves another "
                         "checkout (before/after in one run)")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--connections", nargs="+", type=int, default=[0],
+                   help="TCP connections of the client: 0 = one per coroutine (the default), N = a pool of N "
+                        "used in turn; each value is a window of its own")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds not measured, per window")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per window")
     p.add_argument("--rates", nargs="*", type=float, default=[],
@@ -350,19 +360,21 @@ def main() -> None:
             # A fresh server's first seconds are slow (first reads of each process, lazy imports,
             # page cache): load it untimed before the first window.
             asyncio.run(load_run(address, "Recommend", requests["Recommend"], 4, 0.0, 8.0, 0, 5.0, pids))
-            for c in args.concurrency:
+            for c, conns in [(c, n) for c in args.concurrency for n in args.connections]:
                 runs = {"GetInfo": [], "Recommend": []}
                 for rep in range(args.repeats):
                     for method in ("GetInfo", "Recommend"):  # baseline alternates with the target
                         r = asyncio.run(load_run(address, method, requests[method], c, args.warmup, args.duration,
-                                                 args.requests, args.deadline, pids))
+                                                 args.requests, args.deadline, pids, connections=conns))
                         r["loadavg_1m"] = loadavg()[0]
                         runs[method].append(r)
-                        print(f"[{name}] {method} C={c} rep {rep + 1}: p50 {r['p50_ms']} p99 {r['p99_ms']} ms, "
-                              f"{r['qps']} QPS, errors {r['errors']}, load {r['loadavg_1m']}", file=sys.stderr)
+                        print(f"[{name}] {method} C={c} connections={conns or c} rep {rep + 1}: p50 {r['p50_ms']} "
+                              f"p99 {r['p99_ms']} ms, {r['qps']} QPS, errors {r['errors']}, load {r['loadavg_1m']}",
+                              file=sys.stderr)
                 for method, rs in runs.items():
                     result["load"].append({"server": name, "processes": processes, "quotas": quotas or "default",
-                                           "method": method, "concurrency": c, **median_of(rs), "runs": rs})
+                                           "method": method, "concurrency": c, "connections": conns or c,
+                                           **median_of(rs), "runs": rs})
             for rate in args.rates:
                 rs = []
                 for rep in range(args.repeats):
@@ -426,12 +438,16 @@ def report(result: dict, out: str | None) -> None:
     if out:
         Path(out).write_text(text)
     rows = []
-    base = {(r["server"], r["concurrency"]): r["p50_ms"] for r in result["load"] if r["method"] == "GetInfo"}
+    def setup(r: dict) -> tuple:
+        return r["server"], r["concurrency"], r.get("connections", r["concurrency"])
+
+    base = {setup(r): r["p50_ms"] for r in result["load"] if r["method"] == "GetInfo"}
     for r in result["load"]:
-        rows.append({"server": r["server"], "method": r["method"], "C": r["concurrency"], "p50_ms": r["p50_ms"],
+        rows.append({"server": r["server"], "method": r["method"], "C": r["concurrency"],
+                     "conns": r.get("connections", r["concurrency"]), "p50_ms": r["p50_ms"],
                      "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "qps": r["qps"],
                      "errors": sum(r["errors"].values()),
-                     "p50/GetInfo": round(r["p50_ms"] / base[(r["server"], r["concurrency"])], 1),
+                     "p50/GetInfo": round(r["p50_ms"] / base[setup(r)], 1),
                      **cpu_columns(r)})
     print(render(rows))
     if result["open_loop"]:

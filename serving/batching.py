@@ -1,70 +1,74 @@
-"""Requests that queue up while a server process is busy, answered together.
+"""Recommend calls that arrive while a server process is busy, answered together.
 
-With requests on the event loop (``workers = 0``), the requests that arrive while one is being
-computed wait in gRPC. Answered one by one, each pays the per-call costs of the online read,
-the user tower and the ranker (a TensorFlow call costs ~0.25 ms however small its batch). A
-``LoopBatcher`` hands every call that is ready on the loop to one function that answers the
-whole batch. An idle server's batch is the one request (it waits a few loop turns, microseconds,
-for others); a busy one's is what queued up during the previous batch, at most ``max_size``.
+Answered one by one, each Recommend pays the per-call costs of the online read, the user tower
+and the ranker (a TensorFlow call costs ~0.25 ms however small its batch). A ``Batcher`` runs
+the pipeline on one thread of its own and hands it, each time it is free, every call that
+arrived meanwhile (at most ``max_size``): an idle server answers a call at once, a busy one
+answers what queued up during the previous batch in one go.
+
+Why a thread and not the event loop: gRPC's asyncio server takes a new call and its message
+off the network in loop turns of its own, ~0.3-0.7 ms per call under load (measured, see
+docs/benchmarks.md). While the pipeline ran on the loop, no other call got in, so every
+batch held one call. On a thread of its own the loop keeps accepting calls while a batch is
+computed, and those calls make the next batch.
 """
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-# Calls reach the loop one turn apart (gRPC's poller wakes it once per call): the batch is
-# collected until this many turns bring no new call.
-QUIET_TURNS = 2
 
-
-class LoopBatcher:
+class Batcher:
     """``await batcher.submit(item)`` answers ``item`` with ``run(batch)[its position]``.
 
-    ``run(items)`` is called on the loop's thread with 1 to ``max_size`` items and returns one
-    answer per item: a value, or an exception to raise in that item's caller. If ``run`` raises,
-    every caller of the batch gets its exception.
+    ``run(items)`` is called on the batcher's thread, one batch at a time, with 1 to
+    ``max_size`` items, and returns one answer per item: a value, or an exception to raise in
+    that item's caller. If ``run`` raises, every caller of the batch gets its exception. A
+    caller that is cancelled (its client gave up) before its batch starts is not computed.
     """
 
-    def __init__(self, run: Callable[[list[Any]], list[Any]], max_size: int):
+    def __init__(self, run: Callable[[list[Any]], list[Any]], max_size: int, name: str = "shoprec-batch"):
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1; got {max_size}")
         self._run, self.max_size = run, max_size
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._pending: list[tuple[Any, asyncio.Future]] = []
-        self._scheduled = False
-        self.batches = 0  # for benchmarks and tests: batches run and calls answered
+        self._busy = False
+        self.batches = 0  # batches run and calls answered: for benchmarks and tests
         self.calls = 0
 
     async def submit(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((item, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._collect, loop, len(self._pending), 0)
+        if not self._busy:
+            self._next(loop)
         return await future
 
-    def _collect(self, loop: asyncio.AbstractEventLoop, seen: int, quiet: int) -> None:
-        """Wait loop turns while calls keep arriving, then run what is there."""
-        n = len(self._pending)
-        if n < self.max_size and (n > seen or quiet < QUIET_TURNS):
-            loop.call_soon(self._collect, loop, n, 0 if n > seen else quiet + 1)
-            return
-        batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size:]
-        if self._pending:  # more than one batch queued: the rest goes next turn
-            loop.call_soon(self._collect, loop, len(self._pending), QUIET_TURNS)
-        else:
-            self._scheduled = False
-        batch = [(item, f) for item, f in batch if not f.done()]  # cancelled: the caller gave up
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a batch of what is waiting (called on the loop), or go idle."""
+        waiting = [(item, f) for item, f in self._pending if not f.done()]
+        batch, self._pending = waiting[: self.max_size], waiting[self.max_size:]
+        self._busy = bool(batch)
         if not batch:
             return
         self.batches += 1
         self.calls += len(batch)
+        work = loop.run_in_executor(self._thread, self._answer, [item for item, _ in batch])
+        work.add_done_callback(lambda done: self._finish(loop, batch, done))
+
+    def _answer(self, items: list[Any]) -> list[Any]:
         try:
-            answers = self._run([item for item, _ in batch])
-            if len(answers) != len(batch):
-                raise RuntimeError(f"a batch of {len(batch)} calls got {len(answers)} answers")
+            answers = self._run(items)
+            if len(answers) != len(items):
+                raise RuntimeError(f"a batch of {len(items)} calls got {len(answers)} answers")
+            return answers
         except Exception as e:  # noqa: BLE001 - every caller of the batch learns of it
-            answers = [e] * len(batch)
+            return [e] * len(items)
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list, done: asyncio.Future) -> None:
+        answers = done.result() if not done.cancelled() else [asyncio.CancelledError()] * len(batch)
         for (_, future), answer in zip(batch, answers):
             if future.done():
                 continue
@@ -72,3 +76,7 @@ class LoopBatcher:
                 future.set_exception(answer)
             else:
                 future.set_result(answer)
+        self._next(loop)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False)

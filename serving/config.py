@@ -40,14 +40,14 @@ class ServingConfig:
     Args:
       host: interface to listen on ("0.0.0.0" for every interface).
       port: TCP port; 0 picks a free one (single process only).
-      workers: request threads per process; 0 (default) runs requests on the server's event
-        loop one at a time, fastest when the online store is local (p99 22-24 ms against
-        27-51 ms with threads in the same runs, docs/benchmarks.md); N threads let requests
-        overlap the round trips of an online store across a network.
+      workers: request threads per process; 0 (default) runs Recommend on one pipeline thread
+        in batches (``max_batch``) and the other calls on the server's event loop, fastest when
+        the online store is local (docs/benchmarks.md); N threads let requests overlap the
+        round trips of an online store across a network.
       max_batch: with ``workers = 0``, up to this many Recommend calls that queued up while the
-        process was busy are answered together: one online read, one user-tower call and (with
-        the DCN) one ranker call for all of them (serving/batching.py); 1 answers them one at a
-        time. An idle server answers each call at once whatever this is.
+        pipeline was busy are answered together: one online read, one user-tower call and
+        (with the DCN) one ranker call for all of them (serving/batching.py). An idle server
+        answers each call at once. 1 runs Recommend on the event loop one call at a time.
       ranker: "published" serves the ranking model training published (the better one on
         validation); "dcn" or "lstm" serves the newest model of that kind. The DCN costs a third
         of the LSTM's CPU per request for slightly lower quality (docs/benchmarks.md).

@@ -3,92 +3,94 @@ as one at a time, one request's failure stays its own, and the server really bat
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 import numpy as np
 import pandas as pd
 import pytest
 
-from serving.batching import LoopBatcher
+from serving.batching import Batcher
 
 
 def _run(coro):
     return asyncio.new_event_loop().run_until_complete(coro)
 
 
-def test_calls_ready_together_run_as_one_batch_in_order():
+def test_calls_that_queue_during_a_batch_make_the_next_batch():
+    """An idle batcher answers the first call at once; the calls that arrive while it runs are
+    answered together next, at most max_size at a time, in arrival order."""
     seen = []
 
     def run(items):
         seen.append(list(items))
         return [x * 10 for x in items]
 
-    batcher = LoopBatcher(run, max_size=3)
+    batcher = Batcher(run, max_size=3)
 
     async def main():
         return await asyncio.gather(*(batcher.submit(i) for i in range(7)))
 
     assert _run(main()) == [i * 10 for i in range(7)]
-    assert seen == [[0, 1, 2], [3, 4, 5], [6]]  # max_size respected, arrival order kept
+    assert seen == [[0], [1, 2, 3], [4, 5, 6]]
     assert (batcher.batches, batcher.calls) == (3, 7)
-
-
-def test_calls_that_arrive_during_collection_join_the_batch():
-    seen = []
-    batcher = LoopBatcher(lambda items: seen.append(list(items)) or list(items), max_size=8)
-
-    async def late(i):
-        await asyncio.sleep(0)  # one loop turn later, like a call gRPC delivers next
-        return await batcher.submit(i)
-
-    async def main():
-        return await asyncio.gather(batcher.submit(0), late(1), late(2))
-
-    assert _run(main()) == [0, 1, 2]
-    assert seen == [[0, 1, 2]]
+    batcher.close()
 
 
 def test_an_answer_that_is_an_exception_is_raised_in_its_caller_only():
     def run(items):
         return [ValueError(f"bad {x}") if x == 1 else x for x in items]
 
-    batcher = LoopBatcher(run, max_size=8)
+    batcher = Batcher(run, max_size=8)
 
     async def main():
-        return await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+        first = asyncio.ensure_future(batcher.submit(0))  # runs alone; 1 and 2 queue behind it
+        rest = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+        return [await first, *rest]
 
     out = _run(main())
     assert out[0] == 0 and out[2] == 2
     assert isinstance(out[1], ValueError) and str(out[1]) == "bad 1"
+    assert batcher.batches == 2
 
 
 def test_a_failing_batch_fails_each_caller_loudly():
     def run(items):
         raise RuntimeError("model exploded")
 
-    batcher = LoopBatcher(run, max_size=8)
+    batcher = Batcher(run, max_size=8)
 
     async def main():
-        return await asyncio.gather(*(batcher.submit(i) for i in range(2)), return_exceptions=True)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
 
-    assert [str(e) for e in _run(main())] == ["model exploded"] * 2
+    assert [str(e) for e in _run(main())] == ["model exploded"] * 3
     with pytest.raises(ValueError, match="max_size"):
-        LoopBatcher(run, max_size=0)
+        Batcher(run, max_size=0)
 
 
 def test_a_cancelled_call_is_not_computed():
     seen = []
-    batcher = LoopBatcher(lambda items: seen.append(list(items)) or list(items), max_size=8)
+    gate = threading.Event()
+
+    def run(items):
+        seen.append(list(items))
+        gate.wait(5)  # the first batch runs until the cancelled call is gone
+        return list(items)
+
+    batcher = Batcher(run, max_size=8)
 
     async def main():
+        first = asyncio.ensure_future(batcher.submit("first"))
+        await asyncio.sleep(0)
         gone = asyncio.ensure_future(batcher.submit("gone"))
         kept = asyncio.ensure_future(batcher.submit("kept"))
         await asyncio.sleep(0)
-        gone.cancel()  # the client gave up before the batch ran
-        return await kept
+        gone.cancel()  # its client gave up while it waited
+        gate.set()
+        return await first, await kept
 
-    assert _run(main()) == "kept"
-    assert seen == [["kept"]]
+    assert _run(main()) == ("first", "kept")
+    assert seen == [["first"], ["kept"]]
 
 
 def _users(ws, n):
