@@ -5,7 +5,10 @@ The served configuration of one process per core: TensorFlow limited to one thre
 other. Each step is timed with ``time.process_time`` around the Recommender's own calls, so
 the steps add up to the request (``rest``: filters, merging, the response objects).
 
-    .venv/bin/python bench/request_cpu.py --workspace var --ranker dcn --two-tower 520
+    .venv/bin/python bench/request_cpu.py --workspace var --ranker dcn --two-tower 520 --batch 1 2 4 8
+
+``--batch``: requests answered together (``Recommender.recommend_many``, as the server's
+pipeline thread does under load); the steps are then CPU per request of the batch.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def main() -> None:
     p.add_argument("--two-tower", type=int, default=520, help="two-tower candidate quota (520: >= 500 ranked)")
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes to measure, in turn")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
 
@@ -40,6 +44,7 @@ def main() -> None:
     import serving.recommender as pipeline
     from feature_repo.workspace import Workspace
     from serving.candidates import Quotas
+    from serving.recommender import RequestContext
     from shoprec.table import render
 
     ws = Workspace.at(Path(args.workspace))
@@ -65,27 +70,32 @@ def main() -> None:
         m = rec.models
         # Module-level functions are patched where the pipeline looks them up; restored below.
         originals = {name: getattr(pipeline, name) for name in ("rank_features", "pick_page")}
-        timed(rec, "user_features", "feast_read")
+        timed(rec, "users_features", "feast_read")
         timed(m, "embed_users", "user_tower")
         timed(rec._live.sources, "gather", "candidates")
         timed(pipeline, "rank_features", "features")
         timed(m, "score_heads", "ranker")
         timed(pipeline, "pick_page", "rules")
-        for user in users[: args.warmup]:
-            rec.recommend(user, 20)
-        spent.clear()
-        start = time.process_time()
-        for user in users[args.warmup:]:
-            rec.recommend(user, 20)
-        total = time.process_time() - start
+        for batch in args.batch:
+            def run(some: list[str]) -> None:
+                for i in range(0, len(some), batch):
+                    rec.recommend_many([(u, 20, RequestContext()) for u in some[i:i + batch]])
+
+            run(users[: args.warmup])
+            spent.clear()
+            start = time.process_time()
+            run(users[args.warmup:])
+            total = time.process_time() - start
+            n = len(users) - args.warmup
+            steps = {k: round(v / n * 1000, 3) for k, v in spent.items()}
+            steps["rest"] = round((total - sum(spent.values())) / n * 1000, 3)
+            steps["total"] = round(total / n * 1000, 3)
+            name = kind if len(args.batch) == 1 else f"{kind} x{batch}"
+            results[name] = {"version": m.versions["ranking"], "requests": n, "batch": batch,
+                             "cpu_ms_per_request": steps}
+            rows[name] = steps
         for name, fn in originals.items():
             setattr(pipeline, name, fn)
-        n = len(users) - args.warmup
-        steps = {k: round(v / n * 1000, 3) for k, v in spent.items()}
-        steps["rest"] = round((total - sum(spent.values())) / n * 1000, 3)
-        steps["total"] = round(total / n * 1000, 3)
-        results[kind] = {"version": m.versions["ranking"], "requests": n, "cpu_ms_per_request": steps}
-        rows[kind] = steps
         rec.close()
     print(json.dumps({"workspace": str(ws.root), "two_tower": args.two_tower, "results": results}, indent=2))
     order = ["feast_read", "user_tower", "candidates", "features", "ranker", "rules", "rest", "total"]
