@@ -404,9 +404,9 @@ class Recommender:
             except Exception:  # noqa: BLE001 - unexpected: find the request it belongs to
                 log.exception("a batch of %d requests failed; answering them one by one", len(requests))
         out: list[RecommendResult | Exception] = []
-        for request in requests:
-            try:
-                out.append(self._recommend(live, [request])[0])
+        for r in requests:
+            try:  # a fresh request: the failed batch may have filled in part of this one
+                out.append(self._recommend(live, [_Request(r.user_id, r.k, r.ctx, r.rules)])[0])
             except Exception as e:  # noqa: BLE001 - the caller maps it to a status
                 out.append(e)
         return out
