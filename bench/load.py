@@ -64,7 +64,7 @@ def summary(lat_s: list[float], window_s: float, errors: dict[str, int]) -> dict
 async def load_run(address: str, method: str, requests: list, concurrency: int, warmup_s: float,
                    duration_s: float, max_requests: int, deadline_s: float, server_pids=lambda: [],
                    stop: asyncio.Event | None = None, connections: int = 0) -> dict:
-    """One measured window at fixed concurrency; ``method`` is "Recommend" or "GetInfo".
+    """One measured window at fixed concurrency; ``method``: "Recommend", "GetInfo" or "RecordEvents".
 
     ``connections``: 0 gives each coroutine a connection of its own; N > 0 opens N and sends
     each request on the next one in turn (a backend's connection pool: with many connections
@@ -314,6 +314,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per window")
     p.add_argument("--rates", nargs="*", type=float, default=[],
                    help="also open-loop Recommend at these arrival rates (requests/s, Poisson)")
+    p.add_argument("--events-load", action="store_true",
+                   help="also a RecordEvents window (one view per call) at each concurrency; writes to the store")
     p.add_argument("--requests", type=int, default=0, help="end each window after this many requests instead")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--k", type=int, default=20)
@@ -337,6 +339,15 @@ def main() -> None:
     rng = random.Random(args.seed)
     ids = [u if rng.random() >= args.unknown_share else f"load-new-{i}" for i, u in enumerate(load_users * 5)]
     requests = {"Recommend": [pb.RecommendRequest(user_id=u, k=args.k) for u in ids], "GetInfo": [pb.GetInfoRequest()]}
+    methods = ("GetInfo", "Recommend")
+    if args.events_load:  # one view per call, as a shop reporting page views does; writes to the store
+        import pyarrow.parquet as pq
+
+        catalog = pq.read_table(ws / "data" / "clean" / "items.parquet", columns=["item_id"]).column("item_id")
+        catalog = [str(i) for i in catalog.to_pylist()]
+        requests["RecordEvents"] = [pb.RecordEventsRequest(events=[pb.Event(
+            user_id=u, item_id=catalog[rng.randrange(len(catalog))], event_type="view")]) for u in ids]
+        methods += ("RecordEvents",)
     setups = [("external", 0, {}, {})] if args.address else [(s, *parse_server(s)) for s in args.servers]
     read_recent = None
     if args.fresh_users and not args.address:
@@ -361,9 +372,9 @@ def main() -> None:
             # page cache): load it untimed before the first window.
             asyncio.run(load_run(address, "Recommend", requests["Recommend"], 4, 0.0, 8.0, 0, 5.0, pids))
             for c, conns in [(c, n) for c in args.concurrency for n in args.connections]:
-                runs = {"GetInfo": [], "Recommend": []}
+                runs = {method: [] for method in methods}
                 for rep in range(args.repeats):
-                    for method in ("GetInfo", "Recommend"):  # baseline alternates with the target
+                    for method in methods:  # baseline alternates with the targets
                         r = asyncio.run(load_run(address, method, requests[method], c, args.warmup, args.duration,
                                                  args.requests, args.deadline, pids, connections=conns))
                         r["loadavg_1m"] = loadavg()[0]

@@ -98,18 +98,19 @@ def _plan(store) -> _Plan:
 def apply_events(store, events: pd.DataFrame, now: datetime | None = None) -> dict[str, pd.DataFrame]:
     """Fold validated events into their users' online rows and push them; returns what was pushed.
 
-    One online read per user concerned, one push per feature view.
+    One online read for all the users concerned, one push per feature view.
     """
     if events.empty:
         return {}
     plan = _plan(store)
     events = events.sort_values("timestamp", kind="stable")
-    users = list(dict.fromkeys(events["user_id"]))
-    current = [plan.reader.read(u) for u in users]
+    by_user = dict(tuple(events.groupby("user_id", sort=False)))  # each user's events, in time order
+    users = list(by_user)
+    current = plan.reader.read_many(users)
     stamp = pd.Timestamp(now or datetime.now(timezone.utc))
     recent_rows, activity_rows = [], []
     for user, row in zip(users, current):
-        mine = events[events["user_id"] == user]
+        mine = by_user[user]
         items, types = fold_sequence(row["recent_items"] or [], row["recent_event_types"] or [], mine)
         recent_rows.append({"user_id": user, "event_timestamp": stamp, "recent_items": items,
                             "recent_event_types": types})

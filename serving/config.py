@@ -40,14 +40,15 @@ class ServingConfig:
     Args:
       host: interface to listen on ("0.0.0.0" for every interface).
       port: TCP port; 0 picks a free one (single process only).
-      workers: request threads per process; 0 (default) runs Recommend on one pipeline thread
-        in batches (``max_batch``) and the other calls on the server's event loop, fastest when
-        the online store is local (docs/benchmarks.md); N threads let requests overlap the
-        round trips of an online store across a network.
+      workers: request threads per process; 0 (default) runs Recommend and RecordEvents in
+        batches (``max_batch``) on a thread each and the other calls on the server's event
+        loop, fastest when the online store is local (docs/benchmarks.md); N threads let
+        requests overlap the round trips of an online store across a network.
       max_batch: with ``workers = 0``, up to this many Recommend calls that queued up while the
         pipeline was busy are answered together: one online read, one user-tower call and
-        (with the DCN) one ranker call for all of them (serving/batching.py). An idle server
-        answers each call at once. 1 runs Recommend on the event loop one call at a time.
+        (with the DCN) one ranker call for all of them; likewise RecordEvents calls share one
+        online read and one push (serving/batching.py). An idle server answers each call at
+        once. 1 runs every call on the event loop, one at a time.
       ranker: "published" serves the ranking model training published (the better one on
         validation); "dcn" or "lstm" serves the newest model of that kind. The DCN costs a third
         of the LSTM's CPU per request for slightly lower quality (docs/benchmarks.md).

@@ -70,3 +70,59 @@ def test_too_many_events_is_invalid_argument(events_client):
     with pytest.raises(grpc.RpcError) as err:
         events_client.record_events([{"user_id": "u1", "item_id": "i000001", "event_type": "view"}] * 1001)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("events:")
+
+
+def test_concurrent_calls_are_pushed_together_and_acknowledged_each(private_server, events_client):
+    """RecordEvents calls that queue up share one push (serving/batching.py): every call still
+    gets its own per-event results, a bad event rejects only itself, and every user's features
+    have every accepted event."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.recommender import Recommender
+
+    rec: Recommender = private_server._servicer.recommender
+    items = [str(i) for i in rec.models.items.item_ids[:40]]
+    batcher = private_server._servicer.events_batcher
+    calls_before, batches_before = batcher.calls, batcher.batches
+
+    def call(n: int):
+        events = [{"user_id": f"batch-user-{n}", "item_id": items[n], "event_type": "view"},
+                  {"user_id": f"batch-user-{n}", "item_id": items[n + 1], "event_type": "add_to_cart"}]
+        if n % 4 == 0:
+            events.append({"user_id": f"batch-user-{n}", "item_id": "no-such-item", "event_type": "view"})
+        return events_client.record_events(events)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(call, range(24)))
+    for n, response in enumerate(responses):
+        assert response.accepted == 2
+        assert [r.accepted for r in response.results] == [True, True] + ([False] if n % 4 == 0 else [])
+        if n % 4 == 0:
+            assert response.results[2].error.startswith("item_id:")
+    rows = rec.user_reader.read_many([f"batch-user-{n}" for n in range(24)])
+    assert [r["recent_items"][-2:] for r in rows] == [[items[n], items[n + 1]] for n in range(24)]
+    assert [r["recent_event_types"][-1] for r in rows] == ["add_to_cart"] * 24
+    assert batcher.calls - calls_before == 24 and batcher.batches - batches_before < 24  # some were shared
+
+
+def test_a_store_failure_fails_only_the_calls_that_wrote(trained_workspace, recommender):
+    """One push for several calls: if it fails, each call that had accepted events is told to
+    retry; a call whose events were all rejected gets its rejections."""
+    import socket
+
+    from feature_repo.store import open_store
+    from serving.errors import StoreUnavailable
+    from serving.events import record_event_calls
+    from serving.proto import recommender_pb2 as pb
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = open_store(trained_workspace, f"redis://127.0.0.1:{port}")
+    item = str(recommender.models.items.item_ids[0])
+    good = [pb.Event(user_id="u1", item_id=item, event_type="view")]
+    bad = [pb.Event(user_id="u2", item_id="nope", event_type="view")]
+    answers = record_event_calls(down, [good, bad, good], recommender.models.items.position)
+    assert isinstance(answers[0], StoreUnavailable) and isinstance(answers[2], StoreUnavailable)
+    assert "retry the call" in str(answers[0])
+    assert [r.accepted for r in answers[1]] == [False] and answers[1][0].error.startswith("item_id:")
