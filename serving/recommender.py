@@ -397,16 +397,15 @@ class Recommender:
         or the exception it raised; a request that fails in a batch is retried alone, so that
         it cannot fail the others."""
         live = self._live
-        requests = [_Request(u, k, ctx, self.rules) for u, k, ctx in calls]
-        if len(requests) > 1:
+        if len(calls) > 1:
             try:
-                return list(self._recommend(live, requests))
+                return list(self._recommend(live, [_Request(u, k, ctx, self.rules) for u, k, ctx in calls]))
             except Exception:  # noqa: BLE001 - unexpected: find the request it belongs to
-                log.exception("a batch of %d requests failed; answering them one by one", len(requests))
+                log.exception("a batch of %d requests failed; answering them one by one", len(calls))
         out: list[RecommendResult | Exception] = []
-        for r in requests:
-            try:  # a fresh request: the failed batch may have filled in part of this one
-                out.append(self._recommend(live, [_Request(r.user_id, r.k, r.ctx, r.rules)])[0])
+        for u, k, ctx in calls:  # fresh requests: a failed batch may have filled in part of its own
+            try:
+                out.append(self._recommend(live, [_Request(u, k, ctx, self.rules)])[0])
             except Exception as e:  # noqa: BLE001 - the caller maps it to a status
                 out.append(e)
         return out

@@ -96,14 +96,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.recommender = recommender
         self.limits = limits
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="shoprec-rpc") if workers else None
-        # Recommend calls that queue up are answered together, on a thread of their own
-        # (serving/batching.py); max_batch = 1 runs them on the loop like the other calls.
-        self.recommend_batcher = (Batcher(self._recommend_batch, max_batch)
-                                  if self._pool is None and max_batch > 1 else None)
-        # RecordEvents calls likewise, on a thread of their own: a push costs ~6 ms on sqlite
-        # whatever its size, and on the loop it would hold up every other call.
+        # Recommend and RecordEvents calls that queue up are answered together, each RPC on a
+        # thread of its own (serving/batching.py): a TensorFlow call or a push costs about the
+        # same for one call as for several, and on the loop it would hold up every other call.
+        # max_batch = 1 runs them on the loop like the other calls.
+        batching = self._pool is None and max_batch > 1
+        self.recommend_batcher = Batcher(self._recommend_batch, max_batch) if batching else None
         self.events_batcher = (Batcher(self._record_events_batch, max_batch, name="shoprec-events")
-                               if self._pool is None and max_batch > 1 else None)
+                               if batching else None)
 
     async def _serve(self, work, request, context: grpc.aio.ServicerContext):
         try:
@@ -143,24 +143,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return await self._serve(self.recommend_batcher or self._recommend, request, context)
 
     def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
-        k, ctx = validate_recommend(request, self.limits)
-        return self._respond(self.recommender.recommend(request.user_id, k, ctx))
+        return _alone(self._recommend_batch, request)
 
     def _recommend_batch(self, requests: list[pb.RecommendRequest]) -> list[pb.RecommendResponse | Exception]:
         """Several Recommend calls at once: each validated alone, the valid ones answered together."""
-        out: list[pb.RecommendResponse | Exception | None] = [None] * len(requests)
-        calls, where = [], []
-        for i, request in enumerate(requests):
-            try:
-                k, ctx = validate_recommend(request, self.limits)
-            except InvalidArgument as e:
-                out[i] = e
-                continue
-            calls.append((request.user_id, k, ctx))
-            where.append(i)
-        for i, result in zip(where, self.recommender.recommend_many(calls)):
-            out[i] = result if isinstance(result, Exception) else self._respond(result)
-        return out
+
+        def check(request: pb.RecommendRequest) -> tuple[str, int, RequestContext]:
+            k, ctx = validate_recommend(request, self.limits)
+            return request.user_id, k, ctx
+
+        return _answer_valid(requests, check, self.recommender.recommend_many, self._respond)
 
     async def SimilarItems(self, request: pb.SimilarItemsRequest, context) -> pb.RecommendResponse:
         return await self._serve(self._similar_items, request, context)
@@ -198,31 +190,28 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return await self._serve(self.events_batcher or self._record_events, request, context)
 
     def _record_events(self, request: pb.RecordEventsRequest) -> pb.RecordEventsResponse:
-        answer = self._record_events_batch([request])[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        return _alone(self._record_events_batch, request)
 
     def _record_events_batch(self, requests: list[pb.RecordEventsRequest]) -> list[pb.RecordEventsResponse | Exception]:
         """Several RecordEvents calls: each checked on its own, their events pushed together."""
         from serving.events import record_event_calls
 
-        out: list[pb.RecordEventsResponse | Exception | None] = [None] * len(requests)
-        calls, where = [], []
-        for i, request in enumerate(requests):
+        def check(request: pb.RecordEventsRequest):
             if len(request.events) > self.limits.max_list_size:
-                out[i] = InvalidArgument("events", f"has {len(request.events)} events; the limit is "
-                                                   f"{self.limits.max_list_size} per call")
-                continue
-            calls.append(request.events)
-            where.append(i)
-        answers = record_event_calls(self.recommender.store, calls, self.recommender.models.items.position,
-                                     self.limits.max_id_length)
-        for i, results in zip(where, answers):
-            out[i] = results if isinstance(results, Exception) else pb.RecordEventsResponse(
+                raise InvalidArgument("events", f"has {len(request.events)} events; the limit is "
+                                                f"{self.limits.max_list_size} per call")
+            return request.events
+
+        def record(calls: list) -> list:
+            return record_event_calls(self.recommender.store, calls, self.recommender.models.items.position,
+                                      self.limits.max_id_length)
+
+        def respond(results) -> pb.RecordEventsResponse:
+            return pb.RecordEventsResponse(
                 results=[pb.EventResult(index=r.index, accepted=r.accepted, error=r.error) for r in results],
                 accepted=sum(r.accepted for r in results))
-        return out
+
+        return _answer_valid(requests, check, record, respond)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context) -> pb.GetInfoResponse:
         return await self._serve(self._info, request, context)
@@ -242,6 +231,30 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 log.info("%s: %d calls answered in %d batches (%.2f a batch)", rpc, b.calls, b.batches,
                          b.calls / b.batches)
             b.close()
+
+
+def _answer_valid(requests: list, check, answer_all, respond) -> list:
+    """A batch's answers: ``check(request)`` validates one request (raising InvalidArgument) and
+    returns what ``answer_all`` takes; ``answer_all`` answers the valid ones together, each with
+    a result or an exception; ``respond`` turns a result into the response message."""
+    out: list = [None] * len(requests)
+    valid = []
+    for i, request in enumerate(requests):
+        try:
+            valid.append((i, check(request)))
+        except InvalidArgument as e:
+            out[i] = e
+    for (i, _), answer in zip(valid, answer_all([call for _, call in valid])):
+        out[i] = answer if isinstance(answer, Exception) else respond(answer)
+    return out
+
+
+def _alone(answer_batch, request):
+    """One call through its RPC's batch function (threads, or ``max_batch = 1``)."""
+    answer = answer_batch([request])[0]
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
 
 
 _loop_lock = threading.Lock()
