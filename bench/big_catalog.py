@@ -72,7 +72,8 @@ def main() -> None:
     p.add_argument("--workspace", required=True, help="a trained workspace (a copy: it is changed in place)")
     p.add_argument("--items", type=int, default=1_000_000, help="catalog size to reach")
     p.add_argument("--factory", default="IVF4096,Flat", help="FAISS factory of the rebuilt index")
-    p.add_argument("--nprobe", type=int, default=128, help="IVF lists searched per query")
+    p.add_argument("--nprobe", type=int, default=0,
+                   help="IVF lists searched per query (0: the fewest that reach 0.95 recall for sampled users)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the JSON here too")
     args = p.parse_args()

@@ -102,8 +102,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_index(args: argparse.Namespace) -> None:
     from shoprec.index_job import IndexSettings, rebuild
 
-    version, manifest = rebuild(_ws(args), IndexSettings(args.factory, args.min_recall, args.keep, args.seed,
-                                                         args.nprobe))
+    try:
+        settings = IndexSettings(args.factory, args.min_recall, args.keep, args.seed, args.nprobe, args.target_recall)
+    except ValueError as e:
+        raise SystemExit(f"shoprec index: {e}")
+    version, manifest = rebuild(_ws(args), settings)
     print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2))
 
 
@@ -296,8 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat, HNSW32, IVF256,Flat, ...")
     sp.add_argument("--min-recall", type=float, default=0.9, help="reject the index below this recall@100 vs exact")
     sp.add_argument("--keep", type=int, default=5, help="index versions kept (the live one always is)")
-    sp.add_argument("--nprobe", type=int, default=128,
-                    help="IVF lists searched per query (default 128; 256 for 1M items at k=500)")
+    sp.add_argument("--nprobe", type=int, default=0,
+                    help="IVF lists searched per query (default 0: the smallest that finds --target-recall "
+                         "of the exact top 500 for a sample of real users)")
+    sp.add_argument("--target-recall", type=float, default=0.95,
+                    help="recall of the exact top 500 that --nprobe 0 aims for (default 0.95)")
     sp.add_argument("--seed", type=int, default=0)
     sp = add("serve", cmd_serve, "serve the live artifacts over gRPC in the foreground")
     # No argparse defaults: an omitted flag leaves the value to $SHOPREC_SERVE_*, the file, or the default.

@@ -30,14 +30,29 @@ class IndexSettings:
       factory: FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,PQ16, ...).
       min_recall: lowest acceptable recall@100 of the index against exact search.
       keep: index versions kept on disk (the live one always is).
-      nprobe: IVF lists searched per query; saved with the index (ignored by Flat/HNSW).
+      nprobe: IVF lists searched per query, saved with the index (ignored by Flat/HNSW); 0
+        picks the smallest that reaches ``target_recall`` at ``recall_k`` on real users.
+      target_recall, recall_k: what nprobe = 0 aims for: recall of the exact top-``recall_k``
+        for users' embeddings (``recall_k`` 500: serving's ≥ 500-candidate setups).
+      probe_users: users embedded as the probe's queries (a seeded sample).
     """
 
     factory: str = "Flat"
     min_recall: float = 0.9
     keep: int = 5
     seed: int = 0
-    nprobe: int = 128  # IVF lists searched per query (1M items with k = 500 want 256)
+    nprobe: int = 0
+    target_recall: float = 0.95
+    recall_k: int = 500
+    probe_users: int = 200
+
+    def __post_init__(self) -> None:
+        if self.nprobe < 0:
+            raise ValueError(f"nprobe={self.nprobe}: use 0 (chosen for target_recall) or a list count >= 1")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ValueError(f"target_recall={self.target_recall}: use a share in (0, 1], e.g. 0.95")
+        if self.recall_k < 1 or self.probe_users < 1:
+            raise ValueError(f"recall_k={self.recall_k}, probe_users={self.probe_users}: both must be >= 1")
 
 
 def embed_catalog(ws: Workspace, retrieval_dir) -> tuple[list[str], np.ndarray, int]:
@@ -70,6 +85,37 @@ def embed_catalog(ws: Workspace, retrieval_dir) -> tuple[list[str], np.ndarray, 
     return items["item_id"].astype(str).tolist(), emb, int(is_new.sum())
 
 
+def user_queries(ws: Workspace, retrieval_dir, n: int, seed: int = 0) -> np.ndarray:
+    """User-tower embeddings of ``n`` sampled users with history, from their newest feature rows
+    (the queries serving sends the index); empty when the feature tables are not built."""
+    import pandas as pd
+    import tensorflow as tf
+
+    from feature_repo.data.features import RECENT_N, pad_sequences
+    from retrieval.user_features import activity_vector
+
+    recent_file, activity_file = ws.features_dir / "user_recent.parquet", ws.features_dir / "user_activity.parquet"
+    if not recent_file.exists():
+        return np.zeros((0, 0), np.float32)
+    recent = pd.read_parquet(recent_file, columns=["user_id", "event_timestamp", "recent_items"])
+    recent = recent.sort_values("event_timestamp", kind="stable").drop_duplicates("user_id", keep="last")
+    recent = recent[recent["recent_items"].map(lambda r: r is not None and len(r) > 0)]
+    recent = recent.sample(min(n, len(recent)), random_state=seed)
+    if recent.empty:
+        return np.zeros((0, 0), np.float32)
+    users = recent["user_id"].astype(str).tolist()
+    n_activity = json.loads((retrieval_dir / "manifest.json").read_text())["export"].get("activity_features", 0)
+    activity = np.zeros((len(users), n_activity), np.float32)
+    if n_activity and activity_file.exists():
+        rows = (pd.read_parquet(activity_file, filters=[("user_id", "in", users)])
+                .sort_values("event_timestamp", kind="stable").drop_duplicates("user_id", keep="last")
+                .set_index("user_id"))
+        activity = np.stack([activity_vector(rows.loc[u].to_dict() if u in rows.index else None) for u in users])
+    tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
+    history = pad_sequences(recent["recent_items"].tolist(), RECENT_N).astype(str)
+    return tower.embed(tf.constant(users), tf.constant(history), tf.constant(activity)).numpy().astype(np.float32)
+
+
 def _user_dim(retrieval_dir) -> int:
     import tensorflow as tf
 
@@ -87,7 +133,10 @@ def rebuild(ws: Workspace, settings: IndexSettings = IndexSettings()) -> tuple[s
     retrieval_version = s["retrieval"].current_version()
     retrieval_dir = s["retrieval"].current()
     ids, emb, new_items = embed_catalog(ws, retrieval_dir)
-    index, facts = build_and_probe(emb, ids, settings.factory, seed=settings.seed, nprobe=settings.nprobe)
+    queries = user_queries(ws, retrieval_dir, settings.probe_users, settings.seed)
+    index, facts = build_and_probe(emb, ids, settings.factory, seed=settings.seed, nprobe=settings.nprobe or None,
+                                   user_queries=queries, target_recall=settings.target_recall,
+                                   recall_k=settings.recall_k)
     problems = []
     if len(index) != len(ids):
         problems.append(f"index holds {len(index)} items, the catalog {len(ids)}")

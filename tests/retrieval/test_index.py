@@ -11,7 +11,9 @@ from retrieval.index import (
     INDEX_FILE,
     IndexNotLoaded,
     ItemIndex,
+    NPROBE_STEPS,
     build_and_probe,
+    calibrate_nprobe,
     exact_top_k,
     recall_vs_exact,
 )
@@ -153,6 +155,50 @@ def test_nprobe_is_a_setting_of_the_build(tmp_path):
     assert facts["nprobe"] == 7
     index.save(tmp_path)
     assert faiss.extract_index_ivf(ItemIndex.load(tmp_path).index).nprobe == 7
+
+
+def _clustered(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, 16))
+    x = centres[rng.integers(0, 40, size=n)] + 0.5 * rng.normal(size=(n, 16))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("float32")
+
+
+def test_calibrated_nprobe_is_the_smallest_step_that_reaches_the_target():
+    emb = _clustered(4000, 5)
+    rng = np.random.default_rng(6)
+    # User-like queries: means of a few items, as a user tower's output sits between what they touched.
+    queries = np.stack([emb[rng.integers(0, 4000, 5)].mean(axis=0) for _ in range(60)]).astype("float32")
+    index = ItemIndex.build(emb, _ids(4000), "IVF64,Flat")
+    report = calibrate_nprobe(index, emb, queries, k=200, target=0.9)
+    chosen = report["nprobe"]
+    assert report["recall"] >= 0.9 and 1 < chosen < 64  # a real choice, neither extreme
+    assert report["recall"] == pytest.approx(recall_vs_exact(index, emb, queries, 200), abs=1e-4)  # the index keeps it
+    below = [n for n in NPROBE_STEPS if n < chosen][-1]
+    assert report["tried"][str(below)] < 0.9  # the step before it fell short
+    higher = calibrate_nprobe(index, emb, queries, k=200, target=0.99)
+    assert higher["nprobe"] > chosen and higher["recall"] >= 0.99
+
+
+def test_unreachable_target_scans_every_list():
+    emb = _clustered(2000, 7)
+    index = ItemIndex.build(emb, _ids(2000), "IVF16,Flat")
+    report = calibrate_nprobe(index, emb, emb[:20], k=50, target=1.01)
+    assert report["nprobe"] == 16 and report["recall"] == 1.0
+
+
+def test_build_calibrates_on_user_queries_and_falls_back_without_them():
+    emb = _clustered(3000, 8)
+    rng = np.random.default_rng(9)
+    users = np.stack([emb[rng.integers(0, 3000, 5)].mean(axis=0) for _ in range(40)]).astype("float32")
+    _, facts = build_and_probe(emb, _ids(3000), "IVF32,Flat", probe_queries=20, nprobe=None, user_queries=users,
+                               target_recall=0.9, recall_k=100)
+    assert facts["nprobe"] == facts["nprobe_calibration"]["nprobe"] < 32
+    assert facts["user_recall_at_100_vs_exact"] >= 0.9
+    _, fixed = build_and_probe(emb, _ids(3000), "IVF32,Flat", probe_queries=20, nprobe=None)
+    assert fixed["nprobe"] == 32 and "nprobe_calibration" not in fixed  # the default (128), capped at nlist
+    with pytest.raises(ValueError, match="IVF"):
+        calibrate_nprobe(ItemIndex.build(emb, _ids(3000), "Flat"), emb, users, 10, 0.9)
 
 
 def test_recall_counts_tied_items_as_hits_and_worse_items_as_misses():

@@ -91,3 +91,26 @@ def test_repeat_purchase_rates_count_second_purchases_per_item():
                                                     "timestamp": t}])
     rates = repeat_purchase_rates(events)
     assert rates == {"coffee": 0.4}  # 2 of 5 purchases were repeats; phones never; "rare" has < 5 purchases
+
+
+def test_ivf_nprobe_is_chosen_on_real_users(ws):
+    """nprobe 0 (the default): the smallest nprobe that finds the target share of the exact top
+    items for sampled users' embeddings, recorded in the manifest and kept by the saved index."""
+    import faiss
+
+    version, manifest = rebuild(ws, IndexSettings(factory="IVF16,Flat", keep=2, target_recall=0.9, recall_k=50))
+    calibration = manifest["nprobe_calibration"]
+    assert calibration["queries"] > 0 and calibration["k"] == 50
+    assert manifest["nprobe"] == calibration["nprobe"] <= 16
+    assert calibration["recall"] >= 0.9 or calibration["nprobe"] == 16
+    assert manifest["user_recall_at_50_vs_exact"] == calibration["recall"]
+    assert faiss.extract_index_ivf(ItemIndex.load(_index_store(ws).current()).index).nprobe == manifest["nprobe"]
+    _, fixed = rebuild(ws, IndexSettings(factory="IVF16,Flat", min_recall=0.0, keep=2, nprobe=3))
+    assert fixed["nprobe"] == 3 and "nprobe_calibration" not in fixed and "user_recall_at_500_vs_exact" in fixed
+
+
+@pytest.mark.parametrize("bad, field", [({"nprobe": -1}, "nprobe"), ({"target_recall": 0.0}, "target_recall"),
+                                        ({"recall_k": 0}, "recall_k")])
+def test_index_settings_name_the_bad_field(bad, field):
+    with pytest.raises(ValueError, match=field):
+        IndexSettings(**bad)
