@@ -12,6 +12,7 @@ candidate source.
 """
 from __future__ import annotations
 
+
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -86,6 +87,9 @@ class CooccurrenceModel:
         self.indptr, self.indices, self.scores = indptr, indices, scores
         self.popularity = popularity
         self.config = config
+        # A served request asks for the same recent items' scores twice (its candidates, then its
+        # ranking features): the last answers are kept (read-only arrays, so sharing is safe).
+        self._recent_scores: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -196,16 +200,30 @@ class CooccurrenceModel:
         """One row of ``score_histories`` as (model rows with evidence, ascending; their scores).
 
         Serving's form: it costs the history's neighbour lists, not the catalog's size (a dense
-        row of a 1M-item catalog is 8 MB per request).
+        row of a 1M-item catalog is 8 MB per request). The arrays are read-only.
         """
-        items, weights = self._recent_rows(history)
+        recent = tuple(list(history)[-self.config.recent:])
+        found = self._recent_scores.get(recent)
+        if found is None:
+            found = self._scores_of_recent(recent)
+            if len(self._recent_scores) >= 64:  # a few batches' worth; each op is atomic under the GIL
+                self._recent_scores.clear()
+            self._recent_scores[recent] = found
+        return found
+
+    def _scores_of_recent(self, recent: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        items, weights = self._recent_rows(recent)
         if not len(items):
-            return np.zeros(0, np.int64), np.zeros(0, np.float64)
-        offsets, lengths = self._neighbour_offsets(items)
-        cols = self.indices[offsets].astype(np.int64)
-        values = np.repeat(weights, lengths) * self.scores[offsets]
-        rows, inverse = np.unique(cols, return_inverse=True)
-        return rows, np.bincount(inverse, weights=values, minlength=len(rows))
+            rows, scores = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        else:
+            offsets, lengths = self._neighbour_offsets(items)
+            cols = self.indices[offsets].astype(np.int64)
+            values = np.repeat(weights, lengths) * self.scores[offsets]
+            rows, inverse = np.unique(cols, return_inverse=True)
+            scores = np.bincount(inverse, weights=values, minlength=len(rows))
+        rows.setflags(write=False)
+        scores.setflags(write=False)
+        return rows, scores
 
     def _recent_rows(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Model rows of the history's last ``recent`` entries in the catalog, newest first, and

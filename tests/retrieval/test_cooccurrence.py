@@ -71,6 +71,23 @@ def test_scores_match_brute_force_oracle(cfg):
     assert (np.diff(model.indptr) <= cfg.top_n).all()
 
 
+def test_repeated_histories_are_answered_from_the_kept_scores_without_being_changed():
+    """Serving asks for one user's recent items twice per request; the kept answer must be the
+    same as a fresh one, and no caller may change it for the next."""
+    seqs = _random_sequences(seed=11)
+    model = CooccurrenceModel.fit(seqs, config=CooccurrenceConfig(recent=3))
+    fresh = CooccurrenceModel.fit(seqs, config=CooccurrenceConfig(recent=3))
+    history = seqs[0] + ["i1", "i2", "i3"]
+    first = model.sparse_scores(history)
+    again = model.sparse_scores(["older", "ids"] + history[-3:])  # the same last 3: the same answer
+    assert again[0] is first[0] and not first[0].flags.writeable and not first[1].flags.writeable
+    top_rows, _ = model.top(history, 4, exclude={str(model.item_ids[first[0][0]])})  # a filtered top ...
+    for got, want in zip(model.sparse_scores(history), fresh.sparse_scores(history)):  # ... left it intact
+        np.testing.assert_array_equal(got, want)
+    for h in _random_sequences(seed=12, users=200):  # more histories than are kept: still right
+        np.testing.assert_array_equal(model.sparse_scores(h)[1], fresh.sparse_scores(h)[1])
+
+
 def test_the_obvious_neighbour_and_nearer_pairs_weigh_more():
     seqs = {"u1": ["a", "b", "x", "y"], "u2": ["a", "b", "z"], "u3": ["a", "b"], "u4": ["c", "d"]}
     model = CooccurrenceModel.fit(seqs, config=CooccurrenceConfig(window=2, decay=0.5, alpha=0.5))
