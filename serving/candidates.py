@@ -88,15 +88,22 @@ class CandidateSources:
         self.cooc_to_item = (None if cooccurrence is None else
                              np.array([items.position.get(i, -1) for i in cooccurrence.item_ids], dtype=np.int64))
 
+    def two_tower(self, user_emb: np.ndarray) -> np.ndarray:
+        """ItemTable positions of the index's nearest items to a [1, D] user embedding, best first."""
+        if not self.quotas.two_tower:
+            return np.zeros(0, np.int64)
+        pos, _ = self.index.search(user_emb, self.quotas.two_tower)
+        found = self.index_to_item[pos[0][pos[0] >= 0]]
+        return found[found >= 0]
+
     def gather(self, user_emb: np.ndarray | None, history: list[str],
-               context: Sequence[tuple[Iterable[int], str]] = ()) -> Candidates:
-        """The user's candidates; ``context`` parts (the request's cart and viewed item) go last."""
+               context: Sequence[tuple[Iterable[int], str]] = (), two_tower: np.ndarray | None = None) -> Candidates:
+        """The user's candidates; ``context`` parts (the request's cart and viewed item) go last.
+        ``two_tower``: ``self.two_tower(user_emb)`` when the caller already has it."""
         q = self.quotas
         parts: list[tuple[Iterable[int], str]] = []
         if user_emb is not None and q.two_tower:
-            pos, _ = self.index.search(user_emb, q.two_tower)
-            found = self.index_to_item[pos[0][pos[0] >= 0]]
-            parts.append((found[found >= 0], "two_tower"))
+            parts.append((self.two_tower(user_emb) if two_tower is None else two_tower, "two_tower"))
         if self.cooccurrence is not None and history and q.cooccurrence:
             rows, _ = self.cooccurrence.top(history, q.cooccurrence)
             found = self.cooc_to_item[rows]

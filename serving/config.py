@@ -49,6 +49,8 @@ class ServingConfig:
         (with the DCN) one ranker call for all of them; likewise RecordEvents calls share one
         online read and one push (serving/batching.py). An idle server answers each call at
         once. 1 runs every call on the event loop, one at a time.
+      user_cache: per process, how many recent users' embeddings and two-tower candidates are
+        kept, keyed by everything the user tower reads (serving/user_cache.py); 0 keeps none.
       ranker: "published" serves the ranking model training published (the better one on
         validation); "dcn" or "lstm" serves the newest model of that kind. The DCN costs a third
         of the LSTM's CPU per request for slightly lower quality (docs/benchmarks.md).
@@ -71,6 +73,7 @@ class ServingConfig:
     port: int = 50051
     workers: int = 0
     max_batch: int = 8
+    user_cache: int = 4096
     tf_threads: int = 0
     ranker: str = "published"
     processes: int = 1
@@ -244,6 +247,8 @@ def _validate(cfg: ServingConfig, label) -> None:
     require(cfg.workers >= 0, None, "workers", "must be >= 0 (request threads per process; 0: on the event loop)")
     require(1 <= cfg.max_batch <= 256, None, "max_batch",
             "must be between 1 and 256 (Recommend calls answered together; 1: one at a time)")
+    require(0 <= cfg.user_cache <= 1_000_000, None, "user_cache",
+            "must be between 0 and 1000000 (recent users' retrieval kept per process; 0: none)")
     require(cfg.ranker in RANKERS, None, "ranker", f"must be one of {', '.join(RANKERS)}")
     require(cfg.tf_threads >= 0, None, "tf_threads", "must be >= 0 (0: the cores divided by the processes)")
     require(1 <= cfg.processes <= MAX_PROCESSES, None, "processes",

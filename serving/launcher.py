@@ -50,7 +50,8 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool):
     # None keeps the long-standing fallback ($SHOPREC_ONLINE_STORE, else sqlite) inside open_store.
     store = open_store(ws, cfg.online_store) if cfg.online_store else None
     recommender = Recommender(ws, quotas=cfg.quotas, feature_store=store,
-                              store_retry_seconds=cfg.store_retry_seconds, rules=cfg.rules, ranker=cfg.ranker)
+                              store_retry_seconds=cfg.store_retry_seconds, rules=cfg.rules, ranker=cfg.ranker,
+                              user_cache=cfg.user_cache)
     recommender.watch(cfg.reload_seconds)  # hot reload of newly published versions
     return start(recommender, cfg.host, cfg.port, cfg.workers, cfg.limits, reuse_port=reuse_port,
                  max_batch=cfg.max_batch)

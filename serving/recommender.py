@@ -37,6 +37,7 @@ from serving.candidates import Candidates, CandidateSources, Quotas
 from serving.churn import ChurnModel
 from serving.errors import ModelNotLoaded, StoreUnavailable, UnknownItem
 from serving.rules import Rules, pick_page
+from serving.user_cache import UserRetrievalCache
 
 log = logging.getLogger(__name__)
 USER_FEATURE_SERVICE = "ranking_user_v1"
@@ -254,10 +255,12 @@ class RequestContext:
 
 @dataclass
 class _Live:
-    """One consistent set of loaded models and the candidate sources built on them."""
+    """One consistent set of loaded models, the candidate sources built on them, and the
+    retrieval results of recent users' inputs (serving/user_cache.py)."""
 
     models: Models
     sources: CandidateSources
+    users: UserRetrievalCache
 
 
 @dataclass(eq=False)
@@ -275,6 +278,7 @@ class _Request:
     types: list[str] = field(default_factory=list)
     blocked: set[str] = field(default_factory=set)
     user_emb: np.ndarray | None = None  # [1, D]
+    retrieved: list | None = None  # [user_emb, two-tower positions or None]: its cache entry
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # candidates (ItemTable)
     masks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     retrieval: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -292,14 +296,17 @@ class Recommender:
       store_retry_seconds: how long a failed online store is skipped before it is tried again.
       rules: page rules (serving/rules.py).
       ranker: which ranking model: "published" or a kind (see ``Models.load``).
+      user_cache: recent users' embeddings and two-tower candidates kept (0: none).
     """
 
     def __init__(self, ws: Workspace, quotas: Quotas = Quotas(), feature_store=None,
-                 store_retry_seconds: float = 5.0, rules: Rules = Rules(), ranker: str = "published"):
+                 store_retry_seconds: float = 5.0, rules: Rules = Rules(), ranker: str = "published",
+                 user_cache: int = 4096):
         from feature_repo.store import open_store
 
         self.ws = ws
         self.ranker = ranker
+        self.user_cache = user_cache
         self.quotas = quotas
         self.rules = rules
         # After a failed read the store is skipped for this long, so that an outage costs one
@@ -320,7 +327,7 @@ class Recommender:
 
     def _build(self, models: Models) -> _Live:
         return _Live(models, CandidateSources(models.items, models.index, models.index_to_item,
-                                              models.cooccurrence, self.quotas))
+                                              models.cooccurrence, self.quotas), UserRetrievalCache(self.user_cache))
 
     # -- hot reload ---------------------------------------------------------------------------
 
@@ -493,17 +500,35 @@ class Recommender:
         users, degraded = self.users_features([r.user_id for r in requests])
         for r, user in zip(requests, users):
             self._prepare(m, r, user, degraded)
-        personal = [r for r in requests if r.history]
-        if personal:
-            embeddings = m.embed_users([r.user_id or "anonymous" for r in personal],
-                                       pad_sequences([r.history for r in personal], RECENT_N).astype(str),
-                                       np.stack([activity_vector(r.user) for r in personal]))
-            for r, emb in zip(personal, embeddings):
-                r.user_emb = emb[None]
+        self._embed(live, [r for r in requests if r.history])
         for r in requests:
             self._candidates(live, r)
         self._rank(m, [r for r in requests if r.history and len(r.positions)])
         return [self._page(m, r) for r in requests]
+
+    @staticmethod
+    def _embed(live: _Live, requests: list["_Request"]) -> None:
+        """User embeddings: from the cache for inputs seen lately, one user-tower call for the rest."""
+        if not requests:
+            return
+        activity = [activity_vector(r.user) for r in requests]
+        keys = [(r.user_id or "anonymous", tuple(r.history), a.tobytes()) for r, a in zip(requests, activity)]
+        todo = []
+        for i, (r, key) in enumerate(zip(requests, keys)):
+            r.retrieved = live.users.get(key)
+            if r.retrieved is None:
+                todo.append(i)
+        if todo:
+            embeddings = live.models.embed_users([keys[i][0] for i in todo],
+                                                 pad_sequences([requests[i].history for i in todo], RECENT_N).astype(str),
+                                                 np.stack([activity[i] for i in todo]))
+            for i, emb in zip(todo, embeddings):
+                emb = emb[None]
+                emb.setflags(write=False)  # shared with later requests through the cache
+                requests[i].retrieved = [emb, None]
+                live.users.put(keys[i], requests[i].retrieved)
+        for r in requests:
+            r.user_emb = r.retrieved[0]
 
     def _prepare(self, m: Models, r: "_Request", user: dict[str, Any], degraded: bool) -> None:
         """History (stored, then the request's context), what is blocked, and the flags."""
@@ -531,7 +556,13 @@ class Recommender:
     def _candidates(self, live: _Live, r: "_Request") -> None:
         """Gathered, filtered (and filled up to k) candidates with their retrieval scores."""
         m, ctx = live.models, r.ctx
-        cand = live.sources.gather(r.user_emb, r.history, self._context_candidates(m, ctx))
+        two_tower = None
+        if r.retrieved is not None:  # the nearest items of a cached embedding are cached with it
+            if r.retrieved[1] is None:
+                r.retrieved[1] = live.sources.two_tower(r.user_emb)
+                r.retrieved[1].setflags(write=False)
+            two_tower = r.retrieved[1]
+        cand = live.sources.gather(r.user_emb, r.history, self._context_candidates(m, ctx), two_tower)
         ok = self._allowed(m, cand.positions, ctx, r.blocked)
         positions, masks = cand.positions[ok], cand.masks[ok]
         if len(positions) < r.k:  # filters must still fill the page: popular items that pass them

@@ -103,7 +103,7 @@ def test_a_batch_answers_as_each_request_alone(trained_workspace, kind):
     a new user, a product-page context and a category filter in one batch."""
     from serving.recommender import Recommender, RequestContext
 
-    rec = Recommender(trained_workspace, ranker=kind)
+    rec = Recommender(trained_workspace, ranker=kind, user_cache=0)  # every page computes its embeddings
     users = _users(trained_workspace, 5)
     viewed = str(rec.models.items.item_ids[3])
     calls = [(u, 10, RequestContext()) for u in users] + [
