@@ -325,6 +325,11 @@ class Recommender:
     def models(self) -> Models:
         return self._live.models
 
+    @property
+    def retrieval_cache(self) -> UserRetrievalCache:
+        """The live models' cache of recent users' retrieval (its hits and misses)."""
+        return self._live.users
+
     def _build(self, models: Models) -> _Live:
         return _Live(models, CandidateSources(models.items, models.index, models.index_to_item,
                                               models.cooccurrence, self.quotas), UserRetrievalCache(self.user_cache))

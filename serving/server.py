@@ -231,6 +231,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 log.info("%s: %d calls answered in %d batches (%.2f a batch)", rpc, b.calls, b.batches,
                          b.calls / b.batches)
             b.close()
+        users = self.recommender.retrieval_cache
+        if users.hits + users.misses:
+            log.info("user cache: %d of %d lookups answered (%.0f%%) since the last reload", users.hits,
+                     users.hits + users.misses, 100 * users.hits / (users.hits + users.misses))
 
 
 def _answer_valid(requests: list, check, answer_all, respond) -> list:

@@ -61,7 +61,7 @@ def test_a_repeated_request_skips_the_tower_and_faiss_and_gets_the_same_page(tra
         want = uncached.recommend(user, 10, ctx)
         got = rec.recommend(user, 10, ctx)
         assert [i.item_id for i in got.items] == [i.item_id for i in want.items]
-    assert calls == {"tower": 2, "faiss": 2} and rec._live.users.hits >= 3
+    assert calls == {"tower": 2, "faiss": 2} and rec.retrieval_cache.hits >= 3
 
 
 @pytest.mark.slow
@@ -79,8 +79,8 @@ def test_a_recorded_event_makes_a_new_key(trained_workspace, tmp_path):
     user = pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].value_counts().index[1]
     rec.recommend(user, 10)
     rec.recommend(user, 10)
-    hits, misses = rec._live.users.hits, rec._live.users.misses
+    hits, misses = rec.retrieval_cache.hits, rec.retrieval_cache.misses
     item = str(rec.models.items.item_ids[11])
     record_events(rec.store, [pb.Event(user_id=user, item_id=item, event_type="view")], rec.models.items.position)
     rec.recommend(user, 10)
-    assert (rec._live.users.hits, rec._live.users.misses) == (hits, misses + 1)
+    assert (rec.retrieval_cache.hits, rec.retrieval_cache.misses) == (hits, misses + 1)
