@@ -83,3 +83,45 @@ def planted():
             backup.replace(path)
 
     return plant
+
+
+@pytest.fixture(scope="session")
+def shared_store_load():
+    """``run(running_server)``: 180 mixed concurrent calls against a server, checked.
+
+    Three threads of a server process use its one online store: Recommend reads on the pipeline
+    thread, RecordEvents writes on the events thread, and a cart call for a user reads on the
+    event loop. No call may fail, none may be answered from the degraded path (which would hide
+    a store error), and every view must reach the store."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.client import RecommenderClient
+
+    def run(running) -> None:
+        rec = running._servicer.recommender
+        items = [str(i) for i in rec.models.items.item_ids[:60]]
+        with RecommenderClient(running.address) as c:
+            c.wait_ready()
+
+            def call(n: int):
+                user = f"shared-{n % 12}"
+                if n % 3 == 0:
+                    return "events", c.record_events([{"user_id": user, "item_id": items[n % 60], "event_type": "view"}])
+                if n % 3 == 1:
+                    return "recommend", c.recommend(user, k=10)
+                return "cart", c.cart_recommendations([items[(n + 7) % 60]], k=5, user_id=user)
+
+            with ThreadPoolExecutor(12) as pool:
+                answers = list(pool.map(call, range(180)))
+        assert {kind for kind, _ in answers} == {"events", "recommend", "cart"}
+        for kind, response in answers:
+            if kind == "events":
+                assert response.accepted == 1
+            else:
+                assert not response.degraded and len(response.items) > 0
+        rows = rec.user_reader.read_many([f"shared-{u}" for u in range(12)])
+        for u, row in enumerate(rows):  # every view reached the store, in no particular order
+            viewed = {items[n % 60] for n in range(0, 180, 3) if n % 12 == u}
+            assert viewed <= set(row["recent_items"] or [])
+
+    return run

@@ -105,37 +105,9 @@ def test_concurrent_calls_are_pushed_together_and_acknowledged_each(private_serv
     assert batcher.calls - calls_before == 24 and batcher.batches - batches_before < 24  # some were shared
 
 
-def test_the_threads_sharing_the_store_never_fail_or_degrade(private_server, events_client):
-    """Three threads of a server process use the one online store: Recommend reads on the
-    pipeline thread, RecordEvents writes on the events thread, and a cart call for a user reads
-    on the event loop. Mixed and concurrent, no call may fail, and none may be answered from
-    the degraded path (which would hide a store error such as a locked sqlite file)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    rec = private_server._servicer.recommender
-    items = [str(i) for i in rec.models.items.item_ids[:60]]
-
-    def call(n: int):
-        user = f"shared-{n % 12}"
-        if n % 3 == 0:
-            return "events", events_client.record_events(
-                [{"user_id": user, "item_id": items[n % 60], "event_type": "view"}])
-        if n % 3 == 1:
-            return "recommend", events_client.recommend(user, k=10)
-        return "cart", events_client.cart_recommendations([items[(n + 7) % 60]], k=5, user_id=user)
-
-    with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(call, range(180)))
-    assert {kind for kind, _ in answers} == {"events", "recommend", "cart"}
-    for kind, response in answers:
-        if kind == "events":
-            assert response.accepted == 1
-        else:
-            assert not response.degraded and len(response.items) > 0
-    rows = rec.user_reader.read_many([f"shared-{u}" for u in range(12)])
-    for u, row in enumerate(rows):  # every view reached the store, in no particular order
-        viewed = {items[n % 60] for n in range(0, 180, 3) if n % 12 == u}
-        assert viewed <= set(row["recent_items"] or [])
+def test_the_threads_sharing_the_store_never_fail_or_degrade(private_server, shared_store_load):
+    """On sqlite: Feast's one connection, used by three threads (see the fixture)."""
+    shared_store_load(private_server)
 
 
 def test_a_store_failure_fails_only_the_calls_that_wrote(trained_workspace, recommender):
