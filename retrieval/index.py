@@ -153,7 +153,8 @@ def build_and_probe(embeddings: np.ndarray, item_ids: list[str], factory: str = 
 
     ``user_queries``: user embeddings (the queries serving sends); with them the report also
     holds ``user_recall_at_{recall_k}_vs_exact``, and ``nprobe=None`` picks an IVF index's
-    nprobe as the smallest that reaches ``target_recall`` on them (``calibrate_nprobe``).
+    nprobe as the smallest that reaches ``target_recall`` on them (``calibrate_nprobe``);
+    without them, ``nprobe=None`` means ``DEFAULT_NPROBE``.
     """
     start = time.perf_counter()
     index = ItemIndex.build(embeddings, item_ids, factory, nprobe=nprobe or DEFAULT_NPROBE)
