@@ -12,7 +12,6 @@ candidate source.
 """
 from __future__ import annotations
 
-
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass

@@ -161,17 +161,17 @@ def build_and_probe(embeddings: np.ndarray, item_ids: list[str], factory: str = 
     build_s = time.perf_counter() - start
     ivf = faiss.try_extract_index_ivf(index.index)
     facts: dict = {}
-    if nprobe is None and ivf is not None and user_queries is not None and len(user_queries):
-        calibration = calibrate_nprobe(index, embeddings, user_queries, min(recall_k, len(index)), target_recall)
-        facts["nprobe_calibration"] = calibration
+    if user_queries is not None and len(user_queries):
+        user_queries, user_k = np.asarray(user_queries, np.float32), min(recall_k, len(index))
+        if nprobe is None and ivf is not None:
+            facts["nprobe_calibration"] = calibrate_nprobe(index, embeddings, user_queries, user_k, target_recall)
+            user_recall = facts["nprobe_calibration"]["recall"]
+        else:
+            user_recall = round(recall_vs_exact(index, embeddings, user_queries, user_k), 4)
+        facts[f"user_recall_at_{recall_k}_vs_exact"] = user_recall
     rng = np.random.default_rng(seed)
     queries = embeddings[rng.choice(len(embeddings), size=min(probe_queries, len(embeddings)), replace=False)]
     recall = recall_vs_exact(index, embeddings, queries, k)
-    if user_queries is not None and len(user_queries):
-        user_k = min(recall_k, len(index))
-        facts[f"user_recall_at_{recall_k}_vs_exact"] = (
-            facts["nprobe_calibration"]["recall"] if "nprobe_calibration" in facts
-            else round(recall_vs_exact(index, embeddings, np.asarray(user_queries, np.float32), user_k), 4))
     return index, {"factory": factory, "items": len(index), "dim": index.dim,
                    **({"nprobe": int(ivf.nprobe)} if ivf is not None else {}),
                    "build_seconds": round(build_s, 3), f"recall_at_{k}_vs_exact": round(recall, 4), **facts}

@@ -37,7 +37,7 @@ from serving.candidates import Candidates, CandidateSources, Quotas
 from serving.churn import ChurnModel
 from serving.errors import ModelNotLoaded, StoreUnavailable, UnknownItem
 from serving.rules import Rules, pick_page
-from serving.user_cache import UserRetrievalCache
+from serving.user_cache import UserRetrieval, UserRetrievalCache
 
 log = logging.getLogger(__name__)
 USER_FEATURE_SERVICE = "ranking_user_v1"
@@ -277,13 +277,17 @@ class _Request:
     history: list[str] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     blocked: set[str] = field(default_factory=set)
-    user_emb: np.ndarray | None = None  # [1, D]
-    retrieved: list | None = None  # [user_emb, two-tower positions or None]: its cache entry
+    retrieved: UserRetrieval | None = None  # the user embedding and two-tower candidates (cached)
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # candidates (ItemTable)
     masks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     retrieval: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     features: np.ndarray | None = None  # the ranker's input rows (ranking/features.py)
     probs: np.ndarray | None = None  # [len(positions), tasks] once ranked
+
+    @property
+    def user_emb(self) -> np.ndarray | None:
+        """[1, D], or None for a request without history."""
+        return self.retrieved.embedding if self.retrieved is not None else None
 
 
 class Recommender:
@@ -530,10 +534,8 @@ class Recommender:
             for i, emb in zip(todo, embeddings):
                 emb = emb[None]
                 emb.setflags(write=False)  # shared with later requests through the cache
-                requests[i].retrieved = [emb, None]
+                requests[i].retrieved = UserRetrieval(emb)
                 live.users.put(keys[i], requests[i].retrieved)
-        for r in requests:
-            r.user_emb = r.retrieved[0]
 
     def _prepare(self, m: Models, r: "_Request", user: dict[str, Any], degraded: bool) -> None:
         """History (stored, then the request's context), what is blocked, and the flags."""
@@ -561,13 +563,12 @@ class Recommender:
     def _candidates(self, live: _Live, r: "_Request") -> None:
         """Gathered, filtered (and filled up to k) candidates with their retrieval scores."""
         m, ctx = live.models, r.ctx
-        two_tower = None
-        if r.retrieved is not None:  # the nearest items of a cached embedding are cached with it
-            if r.retrieved[1] is None:
-                r.retrieved[1] = live.sources.two_tower(r.user_emb)
-                r.retrieved[1].setflags(write=False)
-            two_tower = r.retrieved[1]
-        cand = live.sources.gather(r.user_emb, r.history, self._context_candidates(m, ctx), two_tower)
+        found = r.retrieved
+        if found is not None and found.two_tower is None:  # kept with the embedding, for its next use
+            found.two_tower = live.sources.two_tower(found.embedding)
+            found.two_tower.setflags(write=False)
+        cand = live.sources.gather(r.user_emb, r.history, self._context_candidates(m, ctx),
+                                   found.two_tower if found is not None else None)
         ok = self._allowed(m, cand.positions, ctx, r.blocked)
         positions, masks = cand.positions[ok], cand.masks[ok]
         if len(positions) < r.k:  # filters must still fill the page: popular items that pass them

@@ -12,7 +12,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Hashable
+
+import numpy as np
+
+
+@dataclass(eq=False)
+class UserRetrieval:
+    """What retrieval made of one user's tower inputs; read-only arrays, shared through the cache."""
+
+    embedding: np.ndarray  # [1, D]
+    two_tower: np.ndarray | None = None  # ItemTable positions, best first; found on first use
 
 
 class UserRetrievalCache:

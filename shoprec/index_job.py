@@ -85,11 +85,30 @@ def embed_catalog(ws: Workspace, retrieval_dir) -> tuple[list[str], np.ndarray, 
     return items["item_id"].astype(str).tolist(), emb, int(is_new.sum())
 
 
-def user_queries(ws: Workspace, retrieval_dir, n: int, seed: int = 0) -> np.ndarray:
+class _UserTower:
+    """The live user tower, loaded once for the rebuild's dimension check and its probe queries."""
+
+    def __init__(self, retrieval_dir):
+        import tensorflow as tf
+
+        self.n_activity = json.loads((retrieval_dir / "manifest.json").read_text())["export"].get(
+            "activity_features", 0)
+        self._tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
+
+    def embed(self, users: list[str], history: np.ndarray, activity: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        return self._tower.embed(tf.constant(users), tf.constant(history), tf.constant(activity)).numpy()
+
+    @property
+    def dim(self) -> int:
+        return int(self.embed(["probe"], np.array([[""]]), np.zeros((1, self.n_activity), np.float32)).shape[-1])
+
+
+def user_queries(ws: Workspace, tower: _UserTower, n: int, seed: int = 0) -> np.ndarray:
     """User-tower embeddings of ``n`` sampled users with history, from their newest feature rows
     (the queries serving sends the index); empty when the feature tables are not built."""
     import pandas as pd
-    import tensorflow as tf
 
     from feature_repo.data.features import RECENT_N, pad_sequences
     from retrieval.user_features import activity_vector
@@ -104,24 +123,14 @@ def user_queries(ws: Workspace, retrieval_dir, n: int, seed: int = 0) -> np.ndar
     if recent.empty:
         return np.zeros((0, 0), np.float32)
     users = recent["user_id"].astype(str).tolist()
-    n_activity = json.loads((retrieval_dir / "manifest.json").read_text())["export"].get("activity_features", 0)
-    activity = np.zeros((len(users), n_activity), np.float32)
-    if n_activity and activity_file.exists():
+    activity = np.zeros((len(users), tower.n_activity), np.float32)
+    if tower.n_activity and activity_file.exists():
         rows = (pd.read_parquet(activity_file, filters=[("user_id", "in", users)])
                 .sort_values("event_timestamp", kind="stable").drop_duplicates("user_id", keep="last")
                 .set_index("user_id"))
         activity = np.stack([activity_vector(rows.loc[u].to_dict() if u in rows.index else None) for u in users])
-    tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
     history = pad_sequences(recent["recent_items"].tolist(), RECENT_N).astype(str)
-    return tower.embed(tf.constant(users), tf.constant(history), tf.constant(activity)).numpy().astype(np.float32)
-
-
-def _user_dim(retrieval_dir) -> int:
-    import tensorflow as tf
-
-    n_activity = json.loads((retrieval_dir / "manifest.json").read_text())["export"].get("activity_features", 0)
-    tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
-    return int(tower.embed(tf.constant(["probe"]), tf.constant([[""]]), tf.zeros((1, n_activity))).shape[-1])
+    return tower.embed(users, history, activity).astype(np.float32)
 
 
 def rebuild(ws: Workspace, settings: IndexSettings = IndexSettings()) -> tuple[str, dict[str, Any]]:
@@ -133,15 +142,16 @@ def rebuild(ws: Workspace, settings: IndexSettings = IndexSettings()) -> tuple[s
     retrieval_version = s["retrieval"].current_version()
     retrieval_dir = s["retrieval"].current()
     ids, emb, new_items = embed_catalog(ws, retrieval_dir)
-    queries = user_queries(ws, retrieval_dir, settings.probe_users, settings.seed)
+    tower = _UserTower(retrieval_dir)
+    queries = user_queries(ws, tower, settings.probe_users, settings.seed)
     index, facts = build_and_probe(emb, ids, settings.factory, seed=settings.seed, nprobe=settings.nprobe or None,
                                    user_queries=queries, target_recall=settings.target_recall,
                                    recall_k=settings.recall_k)
     problems = []
     if len(index) != len(ids):
         problems.append(f"index holds {len(index)} items, the catalog {len(ids)}")
-    if index.dim != _user_dim(retrieval_dir):
-        problems.append(f"index dimension {index.dim} != user tower output {_user_dim(retrieval_dir)}")
+    if index.dim != tower.dim:
+        problems.append(f"index dimension {index.dim} != user tower output {tower.dim}")
     if facts["recall_at_100_vs_exact"] < settings.min_recall:
         problems.append(f"recall@100 vs exact {facts['recall_at_100_vs_exact']} < {settings.min_recall} "
                         f"(use a larger HNSW M / efSearch or IVF nprobe, or --factory Flat)")
