@@ -1,5 +1,17 @@
-"""A small Python client for the shoprec.v1 API (what a shop backend or `shoprec query` uses)."""
+"""A small Python client for the shoprec.v1 API (what a shop backend or `shoprec query` uses).
+
+With ``balance=True`` the client spreads its calls over the server's processes itself. Several
+processes share the port (SO_REUSEPORT) and the kernel gives each new *connection* to one of
+them, where it stays: a client with a few connections can keep one process busy while another
+idles (measured: p99 twice as high when 8 connections split 6 + 2). A balancing client opens
+connections until GetInfo has named each process once, keeps one per process, and sends every
+call to the process with the fewest of its calls in flight (docs/benchmarks.md: at 8 calls in
+flight on the default preset, p99 12.4-13.9 ms against 14.9-19.3 ms in the same run).
+"""
 from __future__ import annotations
+
+import logging
+import threading
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -8,14 +20,94 @@ from serving.proto import recommender_pb2 as pb
 from serving.proto import recommender_pb2_grpc as pb_grpc
 
 
-class RecommenderClient:
-    """Blocking client; ``timeout`` (seconds) is the deadline of each call."""
+log = logging.getLogger(__name__)
+# A channel of its own TCP connection: without it, channels to one address share a connection.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+TRIES_PER_PROCESS = 8  # new connections tried per server process: all found unless 1 in ~10^3 (4 processes)
 
-    def __init__(self, address: str, timeout: float = 5.0):
-        self.channel = grpc.insecure_channel(address)
-        self.stub = pb_grpc.RecommenderStub(self.channel)
+
+class LeastBusy:
+    """Which of n routes the next call takes: the one with the fewest calls in flight, ties in
+    turn. Thread-safe; ``take()`` a route, ``done(route)`` when its call has ended."""
+
+    def __init__(self, n: int):
+        if n < 1:
+            raise ValueError(f"LeastBusy needs at least one route; got {n}")
+        self.in_flight = [0] * n
+        self.calls = [0] * n  # calls sent per route (for tests and logs)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            n = len(self.in_flight)
+            best = min(range(self._next, self._next + n), key=lambda j: self.in_flight[j % n]) % n
+            self._next = (best + 1) % n
+            self.in_flight[best] += 1
+            self.calls[best] += 1
+            return best
+
+    def done(self, route: int) -> None:
+        with self._lock:
+            self.in_flight[route] -= 1
+
+
+def keep_one_per_process(processes_seen: dict[int, object], info: pb.GetInfoResponse, channel) -> bool:
+    """Record ``channel`` as the route to the process that answered ``info`` unless that process
+    already has one (the caller closes it then); True when a new process was found."""
+    if info.process in processes_seen:
+        return False
+    processes_seen[info.process] = channel
+    return True
+
+
+def connect_per_process(address: str, timeout: float = 5.0) -> list[grpc.Channel]:
+    """One channel (TCP connection) to each server process behind ``address``.
+
+    A server that does not report its processes (processes = 0) counts as one process; if the
+    processes cannot all be reached in ``TRIES_PER_PROCESS`` tries each, the ones found serve."""
+    seen: dict[int, grpc.Channel] = {}
+    processes, tries = 1, 0
+    while len(seen) < processes and tries < TRIES_PER_PROCESS * processes:
+        tries += 1
+        channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
+        try:
+            info = pb_grpc.RecommenderStub(channel).GetInfo(pb.GetInfoRequest(), timeout=timeout)
+        except grpc.RpcError:
+            channel.close()
+            raise
+        processes = max(info.processes, 1)
+        if not keep_one_per_process(seen, info, channel):
+            channel.close()
+    if len(seen) < processes:
+        log.warning("%s: reached %d of its %d server processes in %d connections; balancing over those",
+                    address, len(seen), processes, tries)
+    return [seen[p] for p in sorted(seen)]
+
+
+class RecommenderClient:
+    """Blocking client; ``timeout`` (seconds) is the deadline of each call.
+
+    ``balance``: connect to each server process now and send each call to the least busy one
+    (module docstring); without it, one lazily opened channel, as for any gRPC server.
+    """
+
+    def __init__(self, address: str, timeout: float = 5.0, balance: bool = False):
+        channels = connect_per_process(address, timeout) if balance else [grpc.insecure_channel(address)]
+        self.channels = channels
+        self.channel = channels[0]
+        self.stubs = [pb_grpc.RecommenderStub(c) for c in channels]
+        self.stub = self.stubs[0]
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
+        self.routes = LeastBusy(len(channels))
+
+    def _call(self, method: str, request):
+        route = self.routes.take()
+        try:
+            return getattr(self.stubs[route], method)(request, timeout=self.timeout)
+        finally:
+            self.routes.done(route)
 
     def recommend(self, user_id: str, k: int = 10, exclude: list[str] | None = None, category: str = "",
                   surface: str = "", cart: list[str] | None = None, viewed: str = "",
@@ -24,27 +116,25 @@ class RecommenderClient:
         request = pb.RecommendRequest(user_id=user_id, k=k, context=pb.Context(
             surface=surface, exclude_item_ids=exclude or [], category=category, cart_item_ids=cart or [],
             viewed_item_id=viewed, session_item_ids=session or [], max_price=max_price))
-        return self.stub.Recommend(request, timeout=self.timeout)
+        return self._call("Recommend", request)
 
     def similar_items(self, item_id: str, k: int = 10, exclude: list[str] | None = None,
                       same_category: bool = False) -> pb.RecommendResponse:
-        return self.stub.SimilarItems(pb.SimilarItemsRequest(item_id=item_id, k=k, exclude_item_ids=exclude or [],
-                                                             same_category=same_category), timeout=self.timeout)
+        return self._call("SimilarItems", pb.SimilarItemsRequest(item_id=item_id, k=k, exclude_item_ids=exclude or [],
+                                                                 same_category=same_category))
 
     def cart_recommendations(self, item_ids: list[str], k: int = 10, user_id: str = "") -> pb.RecommendResponse:
-        return self.stub.CartRecommendations(pb.CartRequest(item_ids=item_ids, k=k, user_id=user_id),
-                                             timeout=self.timeout)
+        return self._call("CartRecommendations", pb.CartRequest(item_ids=item_ids, k=k, user_id=user_id))
 
     def user_insights(self, user_id: str) -> pb.UserInsightsResponse:
-        return self.stub.GetUserInsights(pb.UserInsightsRequest(user_id=user_id), timeout=self.timeout)
+        return self._call("GetUserInsights", pb.UserInsightsRequest(user_id=user_id))
 
     def record_events(self, events: list[dict]) -> pb.RecordEventsResponse:
         """``events``: dicts with user_id, item_id, event_type and optional timestamp, price."""
-        return self.stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(**e) for e in events]),
-                                      timeout=self.timeout)
+        return self._call("RecordEvents", pb.RecordEventsRequest(events=[pb.Event(**e) for e in events]))
 
     def info(self) -> pb.GetInfoResponse:
-        return self.stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout)
+        return self._call("GetInfo", pb.GetInfoRequest())
 
     def healthy(self, service: str = "") -> bool:
         response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
@@ -54,7 +144,8 @@ class RecommenderClient:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def __enter__(self) -> "RecommenderClient":
         return self

@@ -38,7 +38,7 @@ class ServerProcessFailed(ServingError):
     """A server process died, at startup or while serving; the message says which and why."""
 
 
-def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool):
+def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool, number: int = 1):
     """Load the live artifacts, open the feature store and start listening (the slow part)."""
     from feature_repo.store import open_store
     from feature_repo.workspace import Workspace
@@ -54,7 +54,7 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool):
                               user_cache=cfg.user_cache)
     recommender.watch(cfg.reload_seconds)  # hot reload of newly published versions
     return start(recommender, cfg.host, cfg.port, cfg.workers, cfg.limits, reuse_port=reuse_port,
-                 max_batch=cfg.max_batch)
+                 max_batch=cfg.max_batch, process=(number, cfg.processes))
 
 
 def limit_tensorflow_threads(threads: int) -> None:
@@ -139,7 +139,7 @@ def _child_main(number: int, cfg: ServingConfig, ws_root: Path, conn: multiproce
     # left to the parent, whose SIGTERM then ends this process at once (the default action).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        running = _load_and_start(cfg, ws_root, reuse_port=True)
+        running = _load_and_start(cfg, ws_root, reuse_port=True, number=number)
     except BaseException as e:  # noqa: BLE001 - whatever it was, the parent must say it
         log.exception("process %d failed at startup", number)
         try:

@@ -92,9 +92,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """The shoprec.v1 service: each RPC is a plain function of the request (``_recommend``, ...)
     that ``_serve`` runs (on the loop, or on a worker thread) and whose errors it maps."""
 
-    def __init__(self, recommender: Recommender, limits: Limits = Limits(), workers: int = 0, max_batch: int = 8):
+    def __init__(self, recommender: Recommender, limits: Limits = Limits(), workers: int = 0, max_batch: int = 8,
+                 process: tuple[int, int] = (1, 1)):
         self.recommender = recommender
         self.limits = limits
+        self.process = process  # (this process's number, processes on the port): GetInfo tells clients
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="shoprec-rpc") if workers else None
         # Recommend and RecordEvents calls that queue up are answered together, each RPC on a
         # thread of its own (serving/batching.py): a TensorFlow call or a push costs about the
@@ -219,7 +221,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def _info(self, request: pb.GetInfoRequest) -> pb.GetInfoResponse:
         m = self.recommender.models
         return pb.GetInfoResponse(retrieval_version=m.versions["retrieval"], index_version=m.versions["index"],
-                                  ranking_version=m.versions["ranking"], items=len(m.items))
+                                  ranking_version=m.versions["ranking"], items=len(m.items),
+                                  process=self.process[0], processes=self.process[1])
 
     def close(self) -> None:
         if self._pool is not None:
@@ -307,7 +310,8 @@ class RunningServer:
 
 
 def start(recommender: Recommender, host: str = "127.0.0.1", port: int = 50051, workers: int = 0,
-          limits: Limits = Limits(), reuse_port: bool = False, max_batch: int = 8) -> RunningServer:
+          limits: Limits = Limits(), reuse_port: bool = False, max_batch: int = 8,
+          process: tuple[int, int] = (1, 1)) -> RunningServer:
     """Start serving on host:port (port 0 picks a free one) and mark the service SERVING.
 
     ``workers``: 0 runs requests on the server's event loop, N on N threads (module docstring).
@@ -316,8 +320,10 @@ def start(recommender: Recommender, host: str = "127.0.0.1", port: int = 50051, 
     answers them one at a time on the loop.
     ``reuse_port``: let several server processes listen on the same port (SO_REUSEPORT; the
     kernel spreads connections over them), which is how one machine's cores are all used.
+    ``process``: (this process's number, the processes on the port), reported by GetInfo so
+    that a client can spread its calls over the processes (serving/client.py).
     """
-    servicer = RecommenderServicer(recommender, limits, workers, max_batch)
+    servicer = RecommenderServicer(recommender, limits, workers, max_batch, process)
 
     async def begin() -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])

@@ -121,16 +121,20 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("retrieval_version", "index_version", "ranking_version", "items")
+    __slots__ = ("retrieval_version", "index_version", "ranking_version", "items", "process", "processes")
     RETRIEVAL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     RANKING_VERSION_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     retrieval_version: str
     index_version: str
     ranking_version: str
     items: int
-    def __init__(self, retrieval_version: _Optional[str] = ..., index_version: _Optional[str] = ..., ranking_version: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...
+    process: int
+    processes: int
+    def __init__(self, retrieval_version: _Optional[str] = ..., index_version: _Optional[str] = ..., ranking_version: _Optional[str] = ..., items: _Optional[int] = ..., process: _Optional[int] = ..., processes: _Optional[int] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "exclude_item_ids", "same_category")

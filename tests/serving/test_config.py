@@ -177,8 +177,12 @@ def _free_port() -> int:
 def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
     import pandas as pd
 
+    from concurrent.futures import ThreadPoolExecutor
+
     from serving.client import RecommenderClient
     from serving.launcher import ServerProcesses
+    from serving.proto import recommender_pb2 as pb
+    from serving.proto import recommender_pb2_grpc as pb_grpc
 
     cfg = ServingConfig(port=_free_port(), processes=2, workers=2)
     users = pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].value_counts().index[:10]
@@ -194,6 +198,14 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
                 response = client.recommend(str(users[i % len(users)]), k=5)
                 answered += len(response.items) == 5 and response.personalized
         assert answered == 20
+        with RecommenderClient(group.address, timeout=10, balance=True) as client:
+            # One connection per process, each knowing its number; calls in flight are spread.
+            assert sorted(pb_grpc.RecommenderStub(c).GetInfo(pb.GetInfoRequest(), timeout=10).process
+                          for c in client.channels) == [1, 2]
+            with ThreadPoolExecutor(6) as pool:
+                pages = list(pool.map(lambda n: client.recommend(str(users[n % 3]), k=5), range(36)))
+            assert min(client.routes.calls) >= 6, client.routes.calls
+            assert all(p.items == pages[n % 3].items for n, p in enumerate(pages))  # same answer from either
         os.kill(group.processes[1].pid, signal.SIGKILL)  # a crash while serving is noticed and named
         assert re.match(r"process 2/2 \(pid \d+\) exited with code -9 while serving", group.wait(threading.Event()))
     finally:

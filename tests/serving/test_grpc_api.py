@@ -132,6 +132,7 @@ def test_health_info_and_reflection(client, grpc_server, trained_workspace):
     assert info.index_version == ArtifactStore(trained_workspace.models_dir / "index").current_version()
     assert info.ranking_version == ArtifactStore(trained_workspace.models_dir / "ranking").current_version()
     assert info.items == len(pd.read_parquet(trained_workspace.clean_dir / "items.parquet"))
+    assert (info.process, info.processes) == (1, 1)  # one process: a balancing client keeps one route
     services = ProtoReflectionDescriptorDatabase(client.channel).get_services()
     assert "shoprec.v1.Recommender" in services and "grpc.health.v1.Health" in services
 
