@@ -1,9 +1,12 @@
 """Load generator for the gRPC service: fixed concurrency, warm-up, measured window, percentiles.
 
-C coroutines (grpc.aio, each on its own channel/TCP connection so that SO_REUSEPORT can spread
-them over server processes) send requests back to back; requests started during the warm-up are
-not measured; requests started in the measured window count (p50/p90/p99 over the successful
-ones, QPS = measured requests / window, errors by status code). Recommend (k=20) goes to real
+C coroutines (grpc.aio) send requests back to back, each on its own channel (TCP connection)
+so that SO_REUSEPORT can spread them over the server processes; with ``--routing least-busy``
+instead, over one connection per server process, each request to the process with fewer in
+flight (what serving/client.py's balancing client does). Requests started during the warm-up
+are not measured; requests started in the measured window count (p50/p90/p99 over the
+successful ones, QPS = measured requests / window, errors by status code, the client's own GC
+pauses). Recommend (k=20) goes to real
 user ids of the workspace (a seeded sample of users with events; ``--unknown-share`` of new ids).
 Baseline in the same run: GetInfo, a trivial unary call, at the same concurrency, alternated
 with Recommend in every repetition. The client runs in this process and the server in its own
@@ -25,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
 import random
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -40,10 +45,37 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.load_server import ServerProcess, cpu_snapshot, cpu_usage, loadavg  # noqa: E402
+from serving.client import OWN_CONNECTION, TRIES_PER_PROCESS, LeastBusy, keep_one_per_process  # noqa: E402
 from serving.proto import recommender_pb2 as pb  # noqa: E402
 from serving.proto import recommender_pb2_grpc as pb_grpc  # noqa: E402
 
-CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+CHANNEL_OPTIONS = OWN_CONNECTION  # one TCP connection per channel
+
+
+class GcPauses:
+    """The client's garbage-collection pauses while it is in use: every coroutine stops during
+    one, so a pause would count as server latency for each call in flight."""
+
+    def __init__(self):
+        self.started, self.pauses = 0.0, []  # (generation, seconds)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self.started))
+
+    def __enter__(self) -> "GcPauses":
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+    def summary(self) -> dict:
+        ms = [p * 1000 for _, p in self.pauses]
+        return {"collections": len(ms), "gen2": sum(g == 2 for g, _ in self.pauses),
+                "total_ms": round(sum(ms), 1), "max_ms": round(max(ms, default=0.0), 2)}
 
 
 def per_request_cpu(out: dict) -> dict:
@@ -61,21 +93,41 @@ def summary(lat_s: list[float], window_s: float, errors: dict[str, int]) -> dict
             "n": len(lat_s), "qps": round((len(lat_s) + sum(errors.values())) / window_s, 1), "errors": errors}
 
 
+async def channels_per_process(address: str) -> list[grpc.aio.Channel]:
+    """One connection to each server process, as ``RecommenderClient(balance=True)`` opens them."""
+    seen: dict[int, grpc.aio.Channel] = {}
+    processes, tries = 1, 0
+    while len(seen) < processes and tries < TRIES_PER_PROCESS * processes:
+        tries += 1
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        info = await pb_grpc.RecommenderStub(channel).GetInfo(pb.GetInfoRequest(), timeout=10)
+        processes = max(info.processes, 1)
+        if not keep_one_per_process(seen, info, channel):
+            await channel.close()
+    return [seen[p] for p in sorted(seen)]
+
+
 async def load_run(address: str, method: str, requests: list, concurrency: int, warmup_s: float,
                    duration_s: float, max_requests: int, deadline_s: float, server_pids=lambda: [],
-                   stop: asyncio.Event | None = None, connections: int = 0) -> dict:
+                   stop: asyncio.Event | None = None, connections: int = 0, balance: bool = False) -> dict:
     """One measured window at fixed concurrency; ``method``: "Recommend", "GetInfo" or "RecordEvents".
 
     ``connections``: 0 gives each coroutine a connection of its own; N > 0 opens N and sends
     each request on the next one in turn (a backend's connection pool: with many connections
     SO_REUSEPORT's random split of them over the server processes evens out).
+    ``balance``: instead, one connection per server process and each request to the process
+    with the fewest requests in flight (serving/client.py's balancing client).
     With ``stop``, the window lasts until it is set (background load for the freshness test).
     """
-    pooled = connections > 0
-    channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-                for _ in range(connections if pooled else concurrency)]
+    pooled = connections > 0 and not balance
+    if balance:
+        channels = await channels_per_process(address)
+    else:
+        channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                    for _ in range(connections if pooled else concurrency)]
     await asyncio.gather(*(c.channel_ready() for c in channels))
     calls = [getattr(pb_grpc.RecommenderStub(c), method) for c in channels]
+    routes = LeastBusy(len(calls))
     counter = iter(range(1 << 62))
     turn = iter(range(1 << 62))
     lat: list[float] = []
@@ -88,13 +140,17 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
     async def worker(own_call) -> None:
         while not done.is_set():
             req = requests[next(counter) % len(requests)]
-            call = calls[next(turn) % len(calls)] if pooled else own_call
+            route = routes.take() if balance else None
+            call = calls[route] if balance else calls[next(turn) % len(calls)] if pooled else own_call
             t0 = loop.time()
             try:
                 resp = await call(req, timeout=deadline_s)
                 code = "OK"
             except grpc.aio.AioRpcError as e:
                 code = e.code().name
+            finally:
+                if balance:
+                    routes.done(route)
             t1 = loop.time()
             if window["start"] <= t0 < window["end"]:
                 if code == "OK":
@@ -120,13 +176,17 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
         return cpu_usage(before, cpu_snapshot(server_pids()))
 
     workers = [asyncio.create_task(worker(calls[i % len(calls)])) for i in range(concurrency)]
-    cpu = await clock()
+    with GcPauses() as pauses:
+        cpu = await clock()
     await asyncio.gather(*workers)
     await asyncio.gather(*(c.close() for c in channels))
     out = summary(lat, window["end"] - window["start"], errors)
     out.update(cpu)
     per_request_cpu(out)
+    out["client_gc"] = pauses.summary()
     out.update(personalized_share=round(personalized[0] / max(len(lat), 1), 3) if method == "Recommend" else None)
+    if balance:
+        out["calls_per_process"] = routes.calls
     return out
 
 
@@ -310,6 +370,10 @@ def main() -> None:
     p.add_argument("--connections", nargs="+", type=int, default=[0],
                    help="TCP connections of the client: 0 = one per coroutine (the default), N = a pool of N "
                         "used in turn; each value is a window of its own")
+    p.add_argument("--routing", nargs="+", choices=["connection", "least-busy"], default=["connection"],
+                   help="how Recommend calls reach the server processes, each a window of its own: connection = "
+                        "where the kernel put each connection (SO_REUSEPORT), least-busy = the balancing client "
+                        "(one connection per process, each call to the one with fewer in flight)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds not measured, per window")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per window")
     p.add_argument("--rates", nargs="*", type=float, default=[],
@@ -371,21 +435,24 @@ def main() -> None:
             # A fresh server's first seconds are slow (first reads of each process, lazy imports,
             # page cache): load it untimed before the first window.
             asyncio.run(load_run(address, "Recommend", requests["Recommend"], 4, 0.0, 8.0, 0, 5.0, pids))
+            windows = [(m, "connection") for m in methods if m != "Recommend"]
+            windows[1:1] = [("Recommend", routing) for routing in args.routing]  # after the GetInfo baseline
             for c, conns in [(c, n) for c in args.concurrency for n in args.connections]:
-                runs = {method: [] for method in methods}
+                runs = {window: [] for window in windows}
                 for rep in range(args.repeats):
-                    for method in methods:  # baseline alternates with the targets
+                    for method, routing in windows:  # baseline alternates with the targets
                         r = asyncio.run(load_run(address, method, requests[method], c, args.warmup, args.duration,
-                                                 args.requests, args.deadline, pids, connections=conns))
+                                                 args.requests, args.deadline, pids, connections=conns,
+                                                 balance=routing == "least-busy"))
                         r["loadavg_1m"] = loadavg()[0]
-                        runs[method].append(r)
-                        print(f"[{name}] {method} C={c} connections={conns or c} rep {rep + 1}: p50 {r['p50_ms']} "
-                              f"p99 {r['p99_ms']} ms, {r['qps']} QPS, errors {r['errors']}, load {r['loadavg_1m']}",
-                              file=sys.stderr)
-                for method, rs in runs.items():
+                        runs[method, routing].append(r)
+                        print(f"[{name}] {method} C={c} connections={conns or c} routing={routing} rep {rep + 1}: "
+                              f"p50 {r['p50_ms']} p99 {r['p99_ms']} ms, {r['qps']} QPS, errors {r['errors']}, "
+                              f"load {r['loadavg_1m']}", file=sys.stderr)
+                for (method, routing), rs in runs.items():
                     result["load"].append({"server": name, "processes": processes, "quotas": quotas or "default",
-                                           "method": method, "concurrency": c, "connections": conns or c,
-                                           **median_of(rs), "runs": rs})
+                                           "method": method, "routing": routing, "concurrency": c,
+                                           "connections": conns or c, **median_of(rs), "runs": rs})
             for rate in args.rates:
                 rs = []
                 for rep in range(args.repeats):
@@ -454,8 +521,8 @@ def report(result: dict, out: str | None) -> None:
 
     base = {setup(r): r["p50_ms"] for r in result["load"] if r["method"] == "GetInfo"}
     for r in result["load"]:
-        rows.append({"server": r["server"], "method": r["method"], "C": r["concurrency"],
-                     "conns": r.get("connections", r["concurrency"]), "p50_ms": r["p50_ms"],
+        rows.append({"server": r["server"], "method": r["method"], "routing": r.get("routing", "connection"),
+                     "C": r["concurrency"], "conns": r.get("connections", r["concurrency"]), "p50_ms": r["p50_ms"],
                      "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "qps": r["qps"],
                      "errors": sum(r["errors"].values()),
                      "p50/GetInfo": round(r["p50_ms"] / base[setup(r)], 1),
