@@ -1,4 +1,4 @@
-"""The balancing client's logic: which route a call takes and which connections it keeps.
+"""The balancing client: which route a call takes, which connections it keeps, a one-process server.
 (Against two real server processes: tests/serving/test_config.py.)"""
 from __future__ import annotations
 
@@ -38,3 +38,22 @@ def test_one_connection_is_kept_per_process():
     kept = [keep_one_per_process(seen, pb.GetInfoResponse(process=p, processes=2), ch) for p, ch in answers]
     assert kept == [True, False, True, False]
     assert seen == {2: "a", 1: "c"}
+
+
+def test_a_single_process_server_gets_one_route(grpc_server):
+    from serving.client import RecommenderClient
+
+    with RecommenderClient(grpc_server.address, timeout=10, balance=True) as client:
+        assert len(client.channels) == 1
+        assert client.info().processes == 1
+        assert client.routes.calls == [1]
+
+
+def test_a_balancing_client_says_when_the_server_is_down():
+    import grpc
+
+    from serving.client import RecommenderClient
+
+    with pytest.raises(grpc.RpcError) as err:
+        RecommenderClient("127.0.0.1:1", timeout=2, balance=True)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
