@@ -16,8 +16,14 @@ computed, and those calls make the next batch.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
+
+import numpy as np
+
+TIMINGS_KEPT = 20_000  # the latest calls' and batches' times behind ``timings()``
 
 
 class Batcher:
@@ -34,43 +40,54 @@ class Batcher:
             raise ValueError(f"max_size must be >= 1; got {max_size}")
         self._run, self.max_size = run, max_size
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
-        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._pending: list[tuple[Any, asyncio.Future, float]] = []  # item, its caller, arrival time
         self._busy = False
         self.batches = 0  # batches run and calls answered: for benchmarks and tests
         self.calls = 0
+        # Where a call's time goes, for the server's log: waiting until its batch started on the
+        # thread (the batch in progress, then the hand-over), and the run of its batch.
+        self.waits: deque[float] = deque(maxlen=TIMINGS_KEPT)
+        self.runs: deque[float] = deque(maxlen=TIMINGS_KEPT)
 
     async def submit(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((item, future))
+        self._pending.append((item, future, time.perf_counter()))
         if not self._busy:
             self._next(loop)
         return await future
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start a batch of what is waiting (called on the loop), or go idle."""
-        waiting = [(item, f) for item, f in self._pending if not f.done()]
+        waiting = [call for call in self._pending if not call[1].done()]
         batch, self._pending = waiting[: self.max_size], waiting[self.max_size:]
         self._busy = bool(batch)
         if not batch:
             return
         self.batches += 1
         self.calls += len(batch)
-        work = loop.run_in_executor(self._thread, self._answer, [item for item, _ in batch])
+        work = loop.run_in_executor(self._thread, self._answer, [item for item, _, _ in batch])
         work.add_done_callback(lambda done: self._finish(loop, batch, done))
 
-    def _answer(self, items: list[Any]) -> list[Any]:
+    def _answer(self, items: list[Any]) -> tuple[list[Any], float]:
+        """The batch's answers and when its run started."""
+        started = time.perf_counter()
         try:
             answers = self._run(items)
             if len(answers) != len(items):
                 raise RuntimeError(f"a batch of {len(items)} calls got {len(answers)} answers")
-            return answers
         except Exception as e:  # noqa: BLE001 - every caller of the batch learns of it
-            return [e] * len(items)
+            answers = [e] * len(items)
+        self.runs.append(time.perf_counter() - started)
+        return answers, started
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list, done: asyncio.Future) -> None:
-        answers = done.result() if not done.cancelled() else [asyncio.CancelledError()] * len(batch)
-        for (_, future), answer in zip(batch, answers):
+        if done.cancelled():
+            answers = [asyncio.CancelledError()] * len(batch)
+        else:
+            answers, started = done.result()
+            self.waits.extend(started - arrived for _, _, arrived in batch)
+        for (_, future, _), answer in zip(batch, answers):
             if future.done():
                 continue
             if isinstance(answer, BaseException):
@@ -78,6 +95,15 @@ class Batcher:
             else:
                 future.set_result(answer)
         self._next(loop)
+
+    def timings(self) -> dict[str, float]:
+        """p50 and p99 in ms of the latest calls' waits and batches' runs (empty before any)."""
+        out = {}
+        for name, values in (("wait", self.waits), ("run", self.runs)):
+            if values:
+                p50, p99 = np.percentile(np.array(values) * 1000, [50, 99])
+                out.update({f"{name}_p50_ms": round(float(p50), 2), f"{name}_p99_ms": round(float(p99), 2)})
+        return out
 
     def close(self) -> None:
         self._thread.shutdown(wait=False)

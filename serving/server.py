@@ -231,8 +231,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             if b is None:
                 continue
             if b.batches:
-                log.info("%s: %d calls answered in %d batches (%.2f a batch)", rpc, b.calls, b.batches,
-                         b.calls / b.batches)
+                t = b.timings()
+                log.info("%s: %d calls answered in %d batches (%.2f a batch); a call waited for its batch "
+                         "p50 %.2f ms, p99 %.2f ms; a batch ran p50 %.2f ms, p99 %.2f ms", rpc, b.calls, b.batches,
+                         b.calls / b.batches, t["wait_p50_ms"], t["wait_p99_ms"], t["run_p50_ms"], t["run_p99_ms"])
             b.close()
         users = self.recommender.retrieval_cache
         if users.hits + users.misses:

@@ -37,6 +37,29 @@ def test_calls_that_queue_during_a_batch_make_the_next_batch():
     batcher.close()
 
 
+def test_a_calls_wait_for_its_batch_and_each_batchs_run_are_timed():
+    """The server logs these: a call that arrives during a batch waits for it to end."""
+    import time
+
+    def run(items):
+        time.sleep(0.03)
+        return items
+
+    batcher = Batcher(run, max_size=8)
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(i) for i in range(3)))
+
+    assert batcher.timings() == {}
+    _run(main())  # batches [0] then [1, 2]
+    assert len(batcher.runs) == 2 and min(batcher.runs) >= 0.03
+    waits = sorted(batcher.waits)
+    assert len(waits) == 3 and waits[0] < 0.02 and waits[1] >= 0.025  # the first at once; the others behind it
+    t = batcher.timings()
+    assert t["run_p50_ms"] >= 30 and t["wait_p99_ms"] >= 25 and t["wait_p50_ms"] <= t["wait_p99_ms"]
+    batcher.close()
+
+
 def test_an_answer_that_is_an_exception_is_raised_in_its_caller_only():
     def run(items):
         return [ValueError(f"bad {x}") if x == 1 else x for x in items]
