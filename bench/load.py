@@ -6,8 +6,8 @@ instead, over one connection per server process, each request to the process wit
 flight (what serving/client.py's balancing client does). Requests started during the warm-up
 are not measured; requests started in the measured window count (p50/p90/p99 over the
 successful ones, QPS = measured requests / window, errors by status code, the client's own GC
-pauses). Recommend (k=20) goes to real
-user ids of the workspace (a seeded sample of users with events; ``--unknown-share`` of new ids).
+pauses). Recommend (k=20) goes to real user ids of the workspace (a seeded sample of users with
+events; ``--unknown-share`` of new ids).
 Baseline in the same run: GetInfo, a trivial unary call, at the same concurrency, alternated
 with Recommend in every repetition. The client runs in this process and the server in its own
 (``shoprec serve --processes N`` started here, or ``--address`` of a running one); CPU time of
