@@ -30,3 +30,20 @@ def test_fast_calls_equal_the_public_calls(recommender):
     assert fast.shape == public.shape and fast.shape[0] == len(items)
     np.testing.assert_allclose(fast, public, rtol=1e-5, atol=1e-6)
     assert np.ptp(fast[:, 0]) > 0  # the candidates are told apart: not a constant output
+
+
+def test_the_dcn_scores_the_same_without_item_ids(trained_workspace):
+    """Serving sends the DCN no item ids (it reads none): the heads must not change."""
+    from ranking.features import FEATURE_NAMES
+    from serving.recommender import NO_ITEM_IDS, Models
+
+    m = Models.load(trained_workspace, "dcn")
+    assert m.ranker_scores_rows_alone
+    items = m.items.item_ids[:40].astype(str)
+    features = np.random.default_rng(1).normal(size=(len(items), len(FEATURE_NAMES))).astype(np.float32)
+    history, types = items[:5], np.array(["view"] * 5)
+    with_ids = m.score_heads(features, items, history, types)
+    without = m.score_heads(features, NO_ITEM_IDS, history, types)
+    assert without.shape == with_ids.shape == (len(items), len(m.head_weights))
+    np.testing.assert_array_equal(without, with_ids)
+    assert np.ptp(without[:, 0]) > 0
