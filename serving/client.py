@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -85,29 +87,94 @@ def connect_per_process(address: str, timeout: float = 5.0) -> list[grpc.Channel
     return [seen[p] for p in sorted(seen)]
 
 
+@dataclass(frozen=True)
+class _Connections:
+    """The client's channels, their stubs and the routes over them: replaced as one."""
+
+    channels: list[grpc.Channel]
+    stubs: list[pb_grpc.RecommenderStub]
+    routes: LeastBusy
+
+    @classmethod
+    def over(cls, channels: list[grpc.Channel]) -> "_Connections":
+        return cls(channels, [pb_grpc.RecommenderStub(c) for c in channels], LeastBusy(len(channels)))
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+
 class RecommenderClient:
     """Blocking client; ``timeout`` (seconds) is the deadline of each call.
 
     ``balance``: connect to each server process now and send each call to the least busy one
-    (module docstring); without it, one lazily opened channel, as for any gRPC server.
+    (module docstring); without it, one lazily opened channel, as for any gRPC server. A
+    balancing client checks every ``recheck_seconds`` (after a call) that its connections still
+    reach different processes: a connection that reconnected, e.g. after a server restart, may
+    have landed on another one, and then the client connects anew.
     """
 
-    def __init__(self, address: str, timeout: float = 5.0, balance: bool = False):
-        channels = connect_per_process(address, timeout) if balance else [grpc.insecure_channel(address)]
-        self.channels = channels
-        self.channel = channels[0]
-        self.stubs = [pb_grpc.RecommenderStub(c) for c in channels]
-        self.stub = self.stubs[0]
-        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-        self.timeout = timeout
-        self.routes = LeastBusy(len(channels))
+    def __init__(self, address: str, timeout: float = 5.0, balance: bool = False, recheck_seconds: float = 30.0):
+        self.address, self.timeout, self.balance = address, timeout, balance
+        self.recheck_seconds = recheck_seconds
+        self._conns = _Connections.over(connect_per_process(address, timeout) if balance
+                                        else [grpc.insecure_channel(address)])
+        self._next_check = time.monotonic() + recheck_seconds
+        self._checking = threading.Lock()
+
+    @property
+    def channels(self) -> list[grpc.Channel]:
+        return self._conns.channels
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._conns.channels[0]
+
+    @property
+    def stub(self) -> pb_grpc.RecommenderStub:
+        return self._conns.stubs[0]
+
+    @property
+    def routes(self) -> LeastBusy:
+        return self._conns.routes
 
     def _call(self, method: str, request):
-        route = self.routes.take()
+        conns = self._conns
+        route = conns.routes.take()
         try:
-            return getattr(self.stubs[route], method)(request, timeout=self.timeout)
+            return getattr(conns.stubs[route], method)(request, timeout=self.timeout)
         finally:
-            self.routes.done(route)
+            conns.routes.done(route)
+            if self.balance and time.monotonic() >= self._next_check:
+                self.rebalance()
+
+    def rebalance(self) -> bool:
+        """Connect anew if the connections no longer reach every server process once each;
+        True if it did. One thread checks at a time (the others go on with their calls); a
+        server that cannot be reached now is left to the calls to report, and checked later."""
+        if not self._checking.acquire(blocking=False):
+            return False
+        try:
+            self._next_check = time.monotonic() + self.recheck_seconds
+            old = self._conns
+            try:
+                infos = [stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout) for stub in old.stubs]
+                if len({i.process for i in infos}) == len(infos) == max(infos[0].processes, 1):
+                    return False
+                self._conns = _Connections.over(connect_per_process(self.address, self.timeout))
+            except grpc.RpcError as e:
+                log.warning("%s: could not check the connections to its server processes (%s); "
+                            "checking again in %.0f s", self.address, e.code().name, self.recheck_seconds)
+                return False
+            log.info("%s: connections reached processes %s; connected anew to %d processes", self.address,
+                     [i.process for i in infos], len(self._conns.channels))
+            # Calls still in flight on the old channels end within their deadline: close after it.
+            closer = threading.Timer(self.timeout + 1.0, old.close)
+            closer.daemon = True
+            closer.start()
+            return True
+        finally:
+            self._checking.release()
 
     def recommend(self, user_id: str, k: int = 10, exclude: list[str] | None = None, category: str = "",
                   surface: str = "", cart: list[str] | None = None, viewed: str = "",
@@ -137,15 +204,14 @@ class RecommenderClient:
         return self._call("GetInfo", pb.GetInfoRequest())
 
     def healthy(self, service: str = "") -> bool:
-        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        response = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
         return response.status == health_pb2.HealthCheckResponse.SERVING
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     def close(self) -> None:
-        for channel in self.channels:
-            channel.close()
+        self._conns.close()
 
     def __enter__(self) -> "RecommenderClient":
         return self

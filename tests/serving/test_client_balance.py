@@ -47,6 +47,8 @@ def test_a_single_process_server_gets_one_route(grpc_server):
         assert len(client.channels) == 1
         assert client.info().processes == 1
         assert client.routes.calls == [1]
+        channels = client.channels
+        assert client.rebalance() is False and client.channels is channels  # nothing to mend
 
 
 def test_a_balancing_client_says_when_the_server_is_down():

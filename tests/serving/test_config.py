@@ -172,6 +172,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _channels_to_one_process(address: str) -> list:
+    """Two connections that the kernel gave to the same server process."""
+    import grpc
+
+    from serving.client import OWN_CONNECTION
+    from serving.proto import recommender_pb2 as pb
+    from serving.proto import recommender_pb2_grpc as pb_grpc
+
+    by_process: dict[int, list] = {}
+    for _ in range(40):
+        channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
+        process = pb_grpc.RecommenderStub(channel).GetInfo(pb.GetInfoRequest(), timeout=10).process
+        by_process.setdefault(process, []).append(channel)
+        if len(by_process[process]) == 2:
+            for other in by_process.values():
+                for c in other:
+                    if c not in by_process[process]:
+                        c.close()
+            return by_process[process]
+    raise AssertionError("40 connections never shared a process")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
@@ -179,7 +201,7 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from serving.client import RecommenderClient
+    from serving.client import RecommenderClient, _Connections
     from serving.launcher import ServerProcesses
     from serving.proto import recommender_pb2 as pb
     from serving.proto import recommender_pb2_grpc as pb_grpc
@@ -206,6 +228,12 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
                 pages = list(pool.map(lambda n: client.recommend(str(users[n % 3]), k=5), range(36)))
             assert min(client.routes.calls) >= 6, client.routes.calls
             assert all(p.items == pages[n % 3].items for n, p in enumerate(pages))  # same answer from either
+            # A reconnect may put both connections on one process: the next check connects anew.
+            client._conns = _Connections.over(_channels_to_one_process(group.address))
+            client._next_check = 0.0
+            client.recommend(str(users[0]), k=5)
+            assert sorted(pb_grpc.RecommenderStub(c).GetInfo(pb.GetInfoRequest(), timeout=10).process
+                          for c in client.channels) == [1, 2]
         os.kill(group.processes[1].pid, signal.SIGKILL)  # a crash while serving is noticed and named
         assert re.match(r"process 2/2 \(pid \d+\) exited with code -9 while serving", group.wait(threading.Event()))
     finally:
