@@ -204,7 +204,8 @@ class RecommenderClient:
         return self._call("GetInfo", pb.GetInfoRequest())
 
     def healthy(self, service: str = "") -> bool:
-        response = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        response = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                                  timeout=self.timeout)
         return response.status == health_pb2.HealthCheckResponse.SERVING
 
     def wait_ready(self, timeout: float = 30.0) -> None:
