@@ -45,7 +45,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.load_server import ServerProcess, cpu_snapshot, cpu_usage, loadavg  # noqa: E402
-from serving.client import OWN_CONNECTION, TRIES_PER_PROCESS, LeastBusy, keep_one_per_process  # noqa: E402
+from serving.client import OWN_CONNECTION, LeastBusy, ProcessFinder  # noqa: E402
 from serving.proto import recommender_pb2 as pb  # noqa: E402
 from serving.proto import recommender_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -95,16 +95,13 @@ def summary(lat_s: list[float], window_s: float, errors: dict[str, int]) -> dict
 
 async def channels_per_process(address: str) -> list[grpc.aio.Channel]:
     """One connection to each server process, as ``RecommenderClient(balance=True)`` opens them."""
-    seen: dict[int, grpc.aio.Channel] = {}
-    processes, tries = 1, 0
-    while len(seen) < processes and tries < TRIES_PER_PROCESS * processes:
-        tries += 1
+    finder = ProcessFinder()
+    while finder.wanted():
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         info = await pb_grpc.RecommenderStub(channel).GetInfo(pb.GetInfoRequest(), timeout=10)
-        processes = max(info.processes, 1)
-        if not keep_one_per_process(seen, info, channel):
+        if not finder.offer(info, channel):
             await channel.close()
-    return [seen[p] for p in sorted(seen)]
+    return finder.found()
 
 
 async def load_run(address: str, method: str, requests: list, concurrency: int, warmup_s: float,

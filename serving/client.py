@@ -54,37 +54,49 @@ class LeastBusy:
             self.in_flight[route] -= 1
 
 
-def keep_one_per_process(processes_seen: dict[int, object], info: pb.GetInfoResponse, channel) -> bool:
-    """Record ``channel`` as the route to the process that answered ``info`` unless that process
-    already has one (the caller closes it then); True when a new process was found."""
-    if info.process in processes_seen:
-        return False
-    processes_seen[info.process] = channel
-    return True
+class ProcessFinder:
+    """One connection per server process, from connections opened one at a time and asked
+    GetInfo: ``while finder.wanted(): ... if not finder.offer(info, channel): close it``.
+
+    A server that does not report its processes (processes = 0) counts as one process; after
+    ``TRIES_PER_PROCESS`` connections per process it stops, and the ones found serve."""
+
+    def __init__(self):
+        self.seen: dict[int, object] = {}
+        self.processes, self.tries = 1, 0
+
+    def wanted(self) -> bool:
+        return len(self.seen) < self.processes and self.tries < TRIES_PER_PROCESS * self.processes
+
+    def offer(self, info: pb.GetInfoResponse, channel) -> bool:
+        """Keep ``channel`` if it reached a process not seen yet; False: the caller closes it."""
+        self.tries += 1
+        self.processes = max(info.processes, 1)
+        if info.process in self.seen:
+            return False
+        self.seen[info.process] = channel
+        return True
+
+    def found(self) -> list:
+        return [self.seen[p] for p in sorted(self.seen)]
 
 
 def connect_per_process(address: str, timeout: float = 5.0) -> list[grpc.Channel]:
-    """One channel (TCP connection) to each server process behind ``address``.
-
-    A server that does not report its processes (processes = 0) counts as one process; if the
-    processes cannot all be reached in ``TRIES_PER_PROCESS`` tries each, the ones found serve."""
-    seen: dict[int, grpc.Channel] = {}
-    processes, tries = 1, 0
-    while len(seen) < processes and tries < TRIES_PER_PROCESS * processes:
-        tries += 1
+    """One channel (TCP connection) to each server process behind ``address`` (ProcessFinder)."""
+    finder = ProcessFinder()
+    while finder.wanted():
         channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
         try:
             info = pb_grpc.RecommenderStub(channel).GetInfo(pb.GetInfoRequest(), timeout=timeout)
         except grpc.RpcError:
             channel.close()
             raise
-        processes = max(info.processes, 1)
-        if not keep_one_per_process(seen, info, channel):
+        if not finder.offer(info, channel):
             channel.close()
-    if len(seen) < processes:
+    if len(finder.seen) < finder.processes:
         log.warning("%s: reached %d of its %d server processes in %d connections; balancing over those",
-                    address, len(seen), processes, tries)
-    return [seen[p] for p in sorted(seen)]
+                    address, len(finder.seen), finder.processes, finder.tries)
+    return finder.found()
 
 
 @dataclass(frozen=True)

@@ -231,10 +231,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             if b is None:
                 continue
             if b.batches:
-                t = b.timings()
-                log.info("%s: %d calls answered in %d batches (%.2f a batch); a call waited for its batch "
-                         "p50 %.2f ms, p99 %.2f ms; a batch ran p50 %.2f ms, p99 %.2f ms", rpc, b.calls, b.batches,
-                         b.calls / b.batches, t["wait_p50_ms"], t["wait_p99_ms"], t["run_p50_ms"], t["run_p99_ms"])
+                t = b.timings()  # empty if the server stops during its first batch
+                times = (f"; a call waited for its batch p50 {t['wait_p50_ms']} ms, p99 {t['wait_p99_ms']} ms; "
+                         f"a batch ran p50 {t['run_p50_ms']} ms, p99 {t['run_p99_ms']} ms") if len(t) == 4 else ""
+                log.info("%s: %d calls answered in %d batches (%.2f a batch)%s", rpc, b.calls, b.batches,
+                         b.calls / b.batches, times)
             b.close()
         users = self.recommender.retrieval_cache
         if users.hits + users.misses:

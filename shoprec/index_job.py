@@ -150,8 +150,9 @@ def rebuild(ws: Workspace, settings: IndexSettings = IndexSettings()) -> tuple[s
     problems = []
     if len(index) != len(ids):
         problems.append(f"index holds {len(index)} items, the catalog {len(ids)}")
-    if index.dim != tower.dim:
-        problems.append(f"index dimension {index.dim} != user tower output {tower.dim}")
+    user_dim = tower.dim  # one tower call
+    if index.dim != user_dim:
+        problems.append(f"index dimension {index.dim} != user tower output {user_dim}")
     if facts["recall_at_100_vs_exact"] < settings.min_recall:
         problems.append(f"recall@100 vs exact {facts['recall_at_100_vs_exact']} < {settings.min_recall} "
                         f"(use a larger HNSW M / efSearch or IVF nprobe, or --factory Flat)")

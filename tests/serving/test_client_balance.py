@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.client import LeastBusy, keep_one_per_process
+from serving.client import LeastBusy, ProcessFinder
 from serving.proto import recommender_pb2 as pb
 
 
@@ -33,11 +33,11 @@ def test_least_busy_needs_a_route():
 
 
 def test_one_connection_is_kept_per_process():
-    seen: dict[int, str] = {}
+    finder = ProcessFinder()
     answers = [(2, "a"), (2, "b"), (1, "c"), (1, "d")]
-    kept = [keep_one_per_process(seen, pb.GetInfoResponse(process=p, processes=2), ch) for p, ch in answers]
+    kept = [finder.offer(pb.GetInfoResponse(process=p, processes=2), ch) for p, ch in answers]
     assert kept == [True, False, True, False]
-    assert seen == {2: "a", 1: "c"}
+    assert finder.seen == {2: "a", 1: "c"}
 
 
 def test_a_single_process_server_gets_one_route(grpc_server):
