@@ -29,7 +29,7 @@ from feature_repo.data.features import RECENT_N, pad_sequences
 from feature_repo.data.item_table import ItemTable
 from feature_repo.online_read import OnlineRowReader
 from feature_repo.workspace import Workspace
-from ranking.features import FEATURE_NAMES, rank_features
+from ranking.features import FEATURE_NAMES, is_member, rank_features
 from retrieval.cooccurrence import CooccurrenceModel
 from retrieval.index import ItemIndex
 from retrieval.user_features import activity_vector
@@ -620,28 +620,34 @@ class Recommender:
         else:  # cold start without context: popularity order (nothing personal to rank with)
             final = 1.0 - np.arange(len(positions), dtype=np.float32) / len(positions)
 
-        order = np.argsort(-final, kind="stable").tolist()
-        # The rules look candidates up by their row here: arrays aligned with ``positions``.
-        category, code = items.category[positions], items.category_code[positions]
-        recent_positions = items.positions(r.history)
-        recent_cats = {items.category[p] for p in recent_positions}
+        order = np.argsort(-final, kind="stable")
+        # The rules read candidates by their row here: arrays aligned with ``positions``.
+        code = items.category_code[positions]
+        recent_code = np.zeros(items.category_count, dtype=bool)  # categories of the recent items
+        recent_code[items.category_code[items.positions(r.history)]] = True
         new_cut = items.as_of_epoch - self.quotas.new_item_days * 86400
         cart = items.positions(list(ctx.cart))
         if ctx.surface == "cart" and len(cart):
-            # Complements first: items from the cart's own categories go after the others.
-            order.sort(key=np.isin(code, items.category_code[cart]).__getitem__)
+            # Complements first: items from the cart's own categories go after the others (stable).
+            in_cart = np.zeros(items.category_count, dtype=bool)
+            in_cart[items.category_code[cart]] = True
+            later = in_cart[code[order]]
+            order = np.concatenate([order[~later], order[later]])
         page, slots = pick_page(
-            order, r.k, category.__getitem__, rules if not ctx.category else
+            order, r.k, code, rules if not ctx.category else
             Rules(1.0, 0, rules.new_item_slots, rules.repeat_purchase_rate),
-            other_category=(~np.isin(code, items.category_code[recent_positions])).__getitem__
-            if recent_cats else None,
-            is_new=(items.created_epoch[positions] >= new_cut).__getitem__ if new_cut > 0 else None)
+            other_category=~recent_code[code] if recent_code.any() else None,
+            is_new=items.created_epoch[positions] >= new_cut if new_cut > 0 else None)
+        # The page's fields in one gather each: per-item numpy scalars cost more than the lists.
+        at = positions[page]
+        rows = zip(page, items.item_ids[at].tolist(), items.category[at].tolist(), items.brand[at].tolist(),
+                   items.price[at].tolist(), recent_code[code[page]].tolist(), final[page].tolist(),
+                   r.retrieval[page].tolist(), r.masks[page].tolist(), heads[page].tolist())
         out = []
-        for i in page:
-            p = int(positions[i])
-            sources = Candidates.names(int(r.masks[i])) or ["popular"]
-            reason = slots.get(i) or _reason(sources, items.category[p] in recent_cats)
-            out.append(self._item(m, p, float(final[i]), float(r.retrieval[i]), sources, reason, tuple(heads[i])))
+        for i, item_id, category, brand, price, recent, score, retrieval, mask, head in rows:
+            sources = Candidates.names(mask) or ("popular",)
+            out.append(Recommendation(item_id, score, retrieval, "+".join(sources),
+                                      slots.get(i) or _reason(sources, recent), category, brand, price, tuple(head)))
         return RecommendResult(r.user_id, out, r.personalized, r.degraded, m.versions)
 
     def _context_candidates(self, m: Models, ctx: RequestContext) -> list[tuple[list[int], str]]:
@@ -671,7 +677,7 @@ class Recommender:
         """Which of ``positions`` pass the filters: not blocked, available, in the category and
         under the price limit (a boolean mask)."""
         items = m.items
-        ok = ~np.isin(positions, items.positions(list(blocked)))
+        ok = ~is_member(positions, items.positions(list(blocked)))
         if m.available is not None:
             ok &= m.available[positions]
         if ctx.category:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from feature_repo.errors import ConfigError
 
@@ -40,56 +42,57 @@ class Rules:
                               "shows a bought item again.")
 
 
-def pick_page(ranked: Sequence[int], k: int, category: Callable[[int], str], rules: Rules,
-              other_category: Callable[[int], bool] | None = None,
-              is_new: Callable[[int], bool] | None = None) -> tuple[list[int], dict[int, str]]:
+def pick_page(ranked: Sequence[int], k: int, category: Sequence[Hashable], rules: Rules,
+              other_category: Sequence[bool] | None = None,
+              is_new: Sequence[bool] | None = None) -> tuple[list[int], dict[int, str]]:
     """The page (ranked order kept) and the slot that brought each slot item in.
 
-    ``ranked``: candidates best first. ``other_category(p)``: p is outside the user's recent
-    categories (None: no cross-category slot). ``is_new(p)``: p is a new item (None: no slot).
+    ``ranked``: candidates best first, each once; ``category[p]``: candidate p's category.
+    ``other_category[p]``: p is outside the user's recent categories (None: no cross-category
+    slot). ``is_new[p]``: p is a new item (None: no slot). Both are per-candidate flags
+    (arrays), so that a slot finds its items without a Python call per candidate: the page
+    stops at the first ~k candidates, a slot looks only at the ones that pass its test.
     """
+    ranked = np.asarray(ranked, dtype=np.int64)
+    order = ranked.tolist()
     cap = max(1, math.ceil(rules.max_category_share * k))
-    page: list[int] = []
-    counts: Counter[str] = Counter()
-    for p in ranked:
-        if len(page) == k:
+    picks: list[int] = []  # ranks (indices into ``ranked``) on the page
+    counts: Counter[Hashable] = Counter()
+    for i, p in enumerate(order):
+        if len(picks) == k:
             break
-        if counts[category(p)] < cap:
-            page.append(p)
-            counts[category(p)] += 1
-    slots: dict[int, str] = {}
-    for name, wanted, test in (("explore_new", rules.new_item_slots, is_new),
-                               ("other_category", rules.cross_category_slots, other_category)):
-        if test is None or not wanted:
+        if counts[category[p]] < cap:
+            picks.append(i)
+            counts[category[p]] += 1
+    slots: dict[int, str] = {}  # rank → the slot that brought it in
+    for name, wanted, flags in (("explore_new", rules.new_item_slots, is_new),
+                                ("other_category", rules.cross_category_slots, other_category)):
+        if flags is None or not wanted or not len(order):
             continue
-        have = sum(1 for p in page if test(p))
-        chosen = set(page)
-        for p in ranked:
+        passes = np.asarray(flags, dtype=bool)[ranked]  # by rank
+        have = int(passes[picks].sum()) if picks else 0
+        chosen = set(picks)
+        for i in np.flatnonzero(passes).tolist():
             if have >= wanted:
                 break
-            if p in chosen or not test(p):
+            if i in chosen:
                 continue
+            c = category[order[i]]
             # The victim: the lowest-ranked pick no rule protects; a slot never breaks the cap.
-            victims = [i for i in range(len(page) - 1, -1, -1) if page[i] not in slots and not test(page[i])
-                       and (counts[category(p)] < cap or category(page[i]) == category(p))]
-            if len(page) < k and counts[category(p)] < cap:
-                page.append(p)
+            victims = [j for j in range(len(picks) - 1, -1, -1) if picks[j] not in slots and not passes[picks[j]]
+                       and (counts[c] < cap or category[order[picks[j]]] == c)]
+            if len(picks) < k and counts[c] < cap:
+                picks.append(i)
             elif victims:
-                counts[category(page[victims[0]])] -= 1
-                page[victims[0]] = p
+                counts[category[order[picks[victims[0]]]]] -= 1
+                picks[victims[0]] = i
             else:
                 continue
-            counts[category(p)] += 1
-            slots[p] = name
-            chosen.add(p)
+            counts[c] += 1
+            slots[i] = name
+            chosen.add(i)
             have += 1
-    if len(page) < k:  # the rules left holes: fill them by score
-        chosen = set(page)
-        page += [p for p in ranked if p not in chosen][: k - len(page)]
-    on_page, ordered = set(page), []
-    for p in ranked:  # the page in ranked order; stops at the last pick, not the end of the list
-        if p in on_page:
-            ordered.append(p)
-            if len(ordered) == len(on_page):
-                break
-    return ordered, slots
+    if len(picks) < k:  # the rules left holes: fill them by score
+        chosen = set(picks)
+        picks += [i for i in range(len(order)) if i not in chosen][: k - len(picks)]
+    return [order[i] for i in sorted(picks)], {order[i]: name for i, name in slots.items()}

@@ -38,6 +38,9 @@ class ItemTable:
         # Integer codes of category and brand: per-candidate comparisons without Python strings.
         self.category_code = pd.factorize(self.category)[0]
         self.brand_code = pd.factorize(self.brand)[0]
+        # How many codes there are: per-request lookup tables over categories and brands.
+        self.category_count = int(self.category_code.max()) + 1 if len(self.category_code) else 0
+        self.brand_count = int(self.brand_code.max()) + 1 if len(self.brand_code) else 0
         zeros = np.zeros(len(self.item_ids))
         self.n_view_7d = zeros if self.n_view_7d is None else self.n_view_7d
         self.n_purchase_7d = zeros if self.n_purchase_7d is None else self.n_purchase_7d

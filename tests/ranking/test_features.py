@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from feature_repo.data.item_table import ItemTable
-from ranking.features import FEATURE_NAMES, rank_features
+from ranking.features import FEATURE_NAMES, is_member, rank_features
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -131,3 +131,11 @@ def test_trend_and_age_features():
     np.testing.assert_allclose(x[:, COL["item_log_purchases_7d"]], np.log1p([3.0, 0.0]), rtol=1e-6)
     # B launched 2 days before the snapshot; A has no launch time (0): age feature 0
     np.testing.assert_allclose(x[:, COL["item_log_age_days"]], [0.0, np.log1p(2.0)], rtol=1e-6)
+
+
+def test_is_member_equals_numpy_isin():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        values = rng.integers(0, 50, size=int(rng.integers(0, 40)))
+        members = rng.integers(0, 50, size=int(rng.integers(0, 12)))
+        np.testing.assert_array_equal(is_member(values, members), np.isin(values, members))
