@@ -23,6 +23,8 @@ SOURCES = ("two_tower", "cooccurrence", "trending", "new", "popular")
 # Request-context sources (serving/recommender.py) share the same bits.
 ALL_SOURCES = SOURCES + ("cart", "viewed", "similar")
 _BIT = {name: 1 << i for i, name in enumerate(ALL_SOURCES)}
+# The sources of every possible mask, in source order: looked up for each item on a page.
+_NAMES = [[name for name in ALL_SOURCES if mask & _BIT[name]] for mask in range(1 << len(ALL_SOURCES))]
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,14 @@ class Candidates:
         found = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
         if not len(found):
             return cls(found, np.zeros(0, np.int64))
-        bits = np.concatenate([np.full(len(a), _BIT[s], np.int64) for a, (_, s) in zip(arrays, parts)])
-        unique, first, inverse = np.unique(found, return_index=True, return_inverse=True)
-        masks = np.zeros(len(unique), np.int64)
-        np.bitwise_or.at(masks, inverse, bits)
-        order = np.argsort(first, kind="stable")
-        return cls(unique[order], masks[order])
+        bits = np.repeat(np.array([_BIT[s] for _, s in parts], np.int64), [len(a) for a in arrays])
+        # Each position once: a stable sort puts its first finding first among its copies.
+        order = np.argsort(found, kind="stable")
+        ordered = found[order]
+        starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+        first, masks = order[starts], np.bitwise_or.reduceat(bits[order], starts)
+        keep = np.argsort(first)
+        return cls(found[first[keep]], masks[keep])
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -69,8 +73,8 @@ class Candidates:
 
     @staticmethod
     def names(mask: int) -> list[str]:
-        """The sources of one candidate, in source order."""
-        return [name for name in ALL_SOURCES if mask & _BIT[name]]
+        """The sources of one candidate, in source order (a new list: the caller may change it)."""
+        return list(_NAMES[mask])
 
 
 class CandidateSources:

@@ -18,3 +18,18 @@ def test_merge_of_nothing_is_empty():
     c = Candidates.merge([([], "two_tower")])
     assert len(c) == 0 and c.masks.dtype == np.int64
     assert len(Candidates.merge([])) == 0
+
+
+def test_merge_equals_a_dict_of_first_findings_on_random_parts():
+    rng = np.random.default_rng(0)
+    sources = ["two_tower", "cooccurrence", "trending", "new", "popular", "cart", "viewed", "similar"]
+    for _ in range(200):
+        parts = [(rng.integers(0, 40, size=int(rng.integers(0, 30))), str(rng.choice(sources)))
+                 for _ in range(int(rng.integers(1, 6)))]
+        want: dict[int, set[str]] = {}
+        for positions, source in parts:
+            for p in positions.tolist():
+                want.setdefault(p, set()).add(source)
+        c = Candidates.merge(parts)
+        assert c.positions.tolist() == list(want)
+        assert [set(Candidates.names(int(m))) for m in c.masks] == list(want.values())
