@@ -212,14 +212,19 @@ class CooccurrenceModel:
 
     def _scores_of_recent(self, recent: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         items, weights = self._recent_rows(recent)
-        if not len(items):
-            rows, scores = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        # A request's few recent items: their neighbour lists as slices, summed per item by a
+        # stable sort (the sums in the same order as a bincount's, so the same floats).
+        spans = list(zip(self.indptr[items].tolist(), self.indptr[items + 1].tolist()))
+        cols = np.concatenate([self.indices[lo:hi] for lo, hi in spans] or [np.zeros(0, np.int32)]).astype(np.int64)
+        values = np.repeat(weights, [hi - lo for lo, hi in spans]) * np.concatenate(
+            [self.scores[lo:hi] for lo, hi in spans] or [np.zeros(0, np.float32)])
+        order = np.argsort(cols, kind="stable")
+        cols, values = cols[order], values[order]
+        if len(items) <= 1 or not len(cols):  # one neighbour list holds each item once
+            rows, scores = cols, values
         else:
-            offsets, lengths = self._neighbour_offsets(items)
-            cols = self.indices[offsets].astype(np.int64)
-            values = np.repeat(weights, lengths) * self.scores[offsets]
-            rows, inverse = np.unique(cols, return_inverse=True)
-            scores = np.bincount(inverse, weights=values, minlength=len(rows))
+            starts = np.flatnonzero(np.concatenate([[True], cols[1:] != cols[:-1]]))
+            rows, scores = cols[starts], np.add.reduceat(values, starts)
         rows.setflags(write=False)
         scores.setflags(write=False)
         return rows, scores
