@@ -41,7 +41,7 @@ from serving.user_cache import UserRetrieval, UserRetrievalCache
 
 log = logging.getLogger(__name__)
 USER_FEATURE_SERVICE = "ranking_user_v1"
-NO_ITEM_IDS = np.empty(0, dtype=str)  # the scorer's item ids for a ranker that reads none (the DCN)
+NO_ITEM_IDS = np.empty(0, dtype=str)  # the scorer's item ids (and history) for a ranker that reads none (the DCN)
 
 
 @dataclass
@@ -596,13 +596,15 @@ class Recommender:
             r.features = rank_features(r.user, r.positions, r.retrieval, items, m.cooccurrence,
                                        m.item_to_cooccurrence)
         for group in [requests] if m.ranker_scores_rows_alone else [[r] for r in requests]:
-            first = group[0]  # the history the LSTM reads (its group is this one request); the DCN reads none
-            # Nor does the DCN read item ids: sending none saves their conversion to strings and
-            # the exported graph's table lookup, ~0.18 ms a request at 2 a batch (docs/benchmarks.md).
-            ids = (NO_ITEM_IDS if m.ranker_scores_rows_alone else
-                   items.item_ids[np.concatenate([r.positions for r in group])].astype(str))
-            probs = m.score_heads(np.concatenate([r.features for r in group]), ids,
-                                  np.asarray(first.history, dtype=str), np.asarray(first.types, dtype=str))
+            # The DCN reads neither item ids nor the history: sending none saves converting them
+            # to strings and the exported graph's table lookups (~0.18 ms a request at 2 a batch
+            # for the ids, docs/benchmarks.md). The LSTM's group is one request: its history.
+            if m.ranker_scores_rows_alone:
+                ids = history = types = NO_ITEM_IDS
+            else:
+                ids = items.item_ids[np.concatenate([r.positions for r in group])].astype(str)
+                history, types = np.asarray(group[0].history, dtype=str), np.asarray(group[0].types, dtype=str)
+            probs = m.score_heads(np.concatenate([r.features for r in group]), ids, history, types)
             for r, part in zip(group, np.split(probs, np.cumsum([len(r.positions) for r in group])[:-1])):
                 r.probs = part
 

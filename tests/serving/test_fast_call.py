@@ -33,7 +33,7 @@ def test_fast_calls_equal_the_public_calls(recommender):
 
 
 def test_the_dcn_scores_the_same_without_item_ids(trained_workspace):
-    """Serving sends the DCN no item ids (it reads none): the heads must not change."""
+    """Serving sends the DCN no item ids and no history (it reads neither): the heads must not change."""
     from ranking.features import FEATURE_NAMES
     from serving.recommender import NO_ITEM_IDS, Models
 
@@ -44,6 +44,8 @@ def test_the_dcn_scores_the_same_without_item_ids(trained_workspace):
     history, types = items[:5], np.array(["view"] * 5)
     with_ids = m.score_heads(features, items, history, types)
     without = m.score_heads(features, NO_ITEM_IDS, history, types)
+    nothing = m.score_heads(features, NO_ITEM_IDS, NO_ITEM_IDS, NO_ITEM_IDS)
+    np.testing.assert_array_equal(nothing, with_ids)
     assert without.shape == with_ids.shape == (len(items), len(m.head_weights))
     np.testing.assert_array_equal(without, with_ids)
     assert np.ptp(without[:, 0]) > 0
