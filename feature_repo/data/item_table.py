@@ -6,8 +6,9 @@ catalog changes. Positions are row numbers; ``position`` maps item ids to them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,9 @@ class ItemTable:
     as_of_epoch: float = 0.0  # time of the newest snapshot: "now" for the data
     attributes: np.ndarray | None = None  # per item a list of attribute strings (content embedding of new items)
     price_bucket: np.ndarray | None = None
+    # Arrays its users derive from the table once (e.g. ranking's per-item feature columns),
+    # by name; the table is never changed after it is made, so they cannot go stale.
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.position = {item: i for i, item in enumerate(self.item_ids)}
