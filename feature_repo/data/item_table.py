@@ -35,7 +35,7 @@ class ItemTable:
     price_bucket: np.ndarray | None = None
     # Arrays its users derive from the table once (e.g. ranking's per-item feature columns),
     # by name; the table is never changed after it is made, so they cannot go stale.
-    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.position = {item: i for i, item in enumerate(self.item_ids)}
