@@ -95,7 +95,7 @@ def item_columns(items: ItemTable) -> np.ndarray:
         age = np.where(created > 0, np.log1p(np.maximum(items.as_of_epoch - created, 0.0) / 86400.0), 0.0)
         block = np.column_stack([np.log1p(items.n_view), np.log1p(items.n_purchase), items.conversion_rate,
                                  np.log1p(items.price), np.log1p(items.n_view_7d), np.log1p(items.n_purchase_7d),
-                                 age, items.price]).astype(np.float64)
+                                 age, items.price]).astype(np.float64, copy=False)
         items.derived["ranking_item_columns"] = block
     return block
 
