@@ -29,7 +29,7 @@ from feature_repo.data.features import RECENT_N, pad_sequences
 from feature_repo.data.item_table import ItemTable
 from feature_repo.online_read import OnlineRowReader
 from feature_repo.workspace import Workspace
-from ranking.features import FEATURE_NAMES, is_member, rank_features
+from ranking.features import FEATURE_NAMES, is_member, item_columns, rank_features
 from retrieval.cooccurrence import CooccurrenceModel
 from retrieval.index import ItemIndex
 from retrieval.user_features import activity_vector
@@ -98,6 +98,9 @@ class Models:
         if self.cooccurrence is not None and self.item_to_cooccurrence is None:
             self.item_to_cooccurrence = np.array([self.cooccurrence.position.get(i, -1) for i in self.items.item_ids],
                                                  dtype=np.int64)
+        # The ranking features' per-item columns are made here, with the rest of the load, not by
+        # the first request that ranks (~0.1 s on a 1M-item catalog).
+        item_columns(self.items)
 
     def embed_users(self, user_ids: list[str], history: np.ndarray, activity: np.ndarray) -> np.ndarray:
         """[B, D] user-tower embeddings: ``history`` [B, RECENT_N] padded ids, ``activity`` [B, A]."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from feature_repo.data.item_table import ItemTable
-from ranking.features import FEATURE_NAMES, is_member, rank_features
+from ranking.features import FEATURE_NAMES, is_member, item_columns, rank_features
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -139,3 +139,12 @@ def test_is_member_equals_numpy_isin():
         values = rng.integers(0, 50, size=int(rng.integers(0, 40)))
         members = rng.integers(0, 50, size=int(rng.integers(0, 12)))
         np.testing.assert_array_equal(is_member(values, members), np.isin(values, members))
+
+
+def test_item_columns_are_made_once_from_the_item_arrays(items):
+    block = item_columns(items)
+    assert block is item_columns(items)  # kept with the table
+    np.testing.assert_array_equal(block[:, 0], np.log1p(items.n_view))
+    np.testing.assert_array_equal(block[:, -1], items.price)
+    x = rank_features({}, np.arange(len(items)), np.zeros(len(items), np.float32), items)
+    np.testing.assert_array_equal(x[:, [1, 2, 3, 4, 14, 15, 16]], block[:, :-1].astype(np.float32))

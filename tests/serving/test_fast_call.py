@@ -39,6 +39,7 @@ def test_the_dcn_scores_the_same_without_item_ids(trained_workspace):
 
     m = Models.load(trained_workspace, "dcn")
     assert m.ranker_scores_rows_alone
+    assert "ranking_item_columns" in m.items.derived  # made at load, not by the first request
     items = m.items.item_ids[:40].astype(str)
     features = np.random.default_rng(1).normal(size=(len(items), len(FEATURE_NAMES))).astype(np.float32)
     history, types = items[:5], np.array(["view"] * 5)
