@@ -628,15 +628,12 @@ class Recommender:
         order = np.argsort(-final, kind="stable")
         # The rules read candidates by their row here: arrays aligned with ``positions``.
         code = items.category_code[positions]
-        recent_code = np.zeros(items.category_count, dtype=bool)  # categories of the recent items
-        recent_code[items.category_code[items.positions(r.history)]] = True
+        recent_code = items.category_mask(items.positions(r.history))  # categories of the recent items
         new_cut = items.as_of_epoch - self.quotas.new_item_days * 86400
         cart = items.positions(list(ctx.cart))
         if ctx.surface == "cart" and len(cart):
             # Complements first: items from the cart's own categories go after the others (stable).
-            in_cart = np.zeros(items.category_count, dtype=bool)
-            in_cart[items.category_code[cart]] = True
-            later = in_cart[code[order]]
+            later = items.category_mask(cart)[code[order]]
             order = np.concatenate([order[~later], order[later]])
         page, slots = pick_page(
             order, r.k, code, rules if not ctx.category else

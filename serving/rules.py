@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -94,5 +95,5 @@ def pick_page(ranked: Sequence[int], k: int, category: Sequence[Hashable], rules
             have += 1
     if len(picks) < k:  # the rules left holes: fill them by score
         chosen = set(picks)
-        picks += [i for i in range(len(order)) if i not in chosen][: k - len(picks)]
+        picks += list(islice((i for i in range(len(order)) if i not in chosen), k - len(picks)))
     return [order[i] for i in sorted(picks)], {order[i]: name for i, name in slots.items()}

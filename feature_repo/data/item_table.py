@@ -87,6 +87,13 @@ class ItemTable:
         """Row numbers of known ids (unknown ids are left out)."""
         return np.array([self.position[i] for i in item_ids if i in self.position], dtype=np.int64)
 
+    def category_mask(self, positions: np.ndarray) -> np.ndarray:
+        """[category_count] bool: True for the categories of the items at ``positions``, so that
+        "is a candidate in one of them" is one lookup per candidate (``mask[category_code[c]]``)."""
+        mask = np.zeros(self.category_count, dtype=bool)
+        mask[self.category_code[positions]] = True
+        return mask
+
     def most_popular(self, n: int) -> np.ndarray:
         """Positions of the ``n`` most purchased items (views break ties)."""
         order = np.lexsort((-self.n_view, -self.n_purchase))
