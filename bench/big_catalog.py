@@ -12,7 +12,8 @@ brand-new item takes), indexes every item with the given FAISS factory, and publ
 Users, events, the online store and the trained models are unchanged: the load on the server is
 the same request mix against a catalog ten times larger.
 
-    cp -r <trained 100k-item workspace> /tmp/ws_1m
+    .venv/bin/python bench/shop_100k.py --workspace /tmp/ws_100k   # the trained 100k-item workspace
+    cp -r /tmp/ws_100k /tmp/ws_1m
     .venv/bin/python bench/big_catalog.py --workspace /tmp/ws_1m --items 1000000 \\
         --factory IVF4096,Flat --nprobe 128
 """
