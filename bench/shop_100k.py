@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feature_repo.data.synthetic import PRESETS, write_shop  # noqa: E402
+from feature_repo.data.synthetic import PRESETS  # noqa: E402
 from feature_repo.workspace import Workspace  # noqa: E402
+from shoprec.pipeline import generate  # noqa: E402
 
 STEPS = [
     ["validate"],
@@ -49,14 +50,14 @@ def main() -> None:
     timings: dict[str, float] = {}
     t = time.perf_counter()
     preset = dataclasses.replace(PRESETS["large"], n_users=args.users)
-    counts = write_shop(ws.raw_dir, preset, args.seed, progress=lambda m: print(m, flush=True))
+    counts = generate(ws, preset, args.seed, progress=lambda m: print(m, flush=True))
     timings["generate"] = round(time.perf_counter() - t, 1)
     print(f"generated {counts} in {timings['generate']} s", flush=True)
     for step in STEPS:
-        t = time.perf_counter()
+        name, t = " ".join(step[:2]), time.perf_counter()
         subprocess.run([shoprec, "--workspace", str(ws.root), *step], check=True)
-        timings[" ".join(step[:2])] = round(time.perf_counter() - t, 1)
-        print(f"{' '.join(step)}: {timings[' '.join(step[:2])]} s", flush=True)
+        timings[name] = round(time.perf_counter() - t, 1)
+        print(f"{' '.join(step)}: {timings[name]} s", flush=True)
     print(json.dumps({"workspace": str(ws.root), "counts": counts, "seconds": timings}, indent=2))
 
 

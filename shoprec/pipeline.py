@@ -14,14 +14,14 @@ import pandas as pd
 from feature_repo.data import features as feature_tables
 from feature_repo.data.contract import read_table, write_table
 from feature_repo.data.cleaning import CleaningRules
-from feature_repo.data.synthetic import write_shop
+from feature_repo.data.synthetic import ShopPreset, write_shop
 from feature_repo.data.validation import ValidationReport, validate as validate_tables
 from feature_repo.workspace import Workspace
 
 TABLES = ("events", "items", "users")
 
 
-def generate(ws: Workspace, preset: str = "default", seed: int = 0, progress=None) -> dict[str, int]:
+def generate(ws: Workspace, preset: str | ShopPreset = "default", seed: int = 0, progress=None) -> dict[str, int]:
     """Stream the synthetic shop's raw tables (and its hidden truth, for evaluation only)."""
     for stale in ws.raw_dir.glob("*.csv"):  # an earlier import must not shadow the new tables
         stale.unlink()
