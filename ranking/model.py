@@ -130,11 +130,11 @@ class Ranker(tf.keras.Model):
                 states, mask, last = (tf.gather(t, inputs["group"]) for t in (states, mask, last))
             cand = self.item_embedding(inputs["item"])  # [B, D]
             q = self.query(cand)  # [B, U]
-            logits = tf.reduce_sum(q[:, None, :] * states, axis=-1) / float(np.sqrt(self.spec.units))  # [B, L]
+            logits = tf.reduce_sum(tf.expand_dims(q, 1) * states, axis=-1) / float(np.sqrt(self.spec.units))  # [B, L]
             logits = tf.where(mask, logits, -1e9)
             any_step = tf.cast(tf.reduce_any(mask, axis=-1, keepdims=True), tf.float32)  # [G, 1]
             att = tf.nn.softmax(logits, axis=-1) * any_step
-            pooled = tf.reduce_sum(att[:, :, None] * states, axis=1)  # [B, U]
+            pooled = tf.reduce_sum(tf.expand_dims(att, -1) * states, axis=1)  # [B, U]
             last = tf.broadcast_to(last, tf.shape(pooled))
             # The match itself (DIN-style product and the best step's score) goes straight to the
             # deep stack: learning "candidate ≈ history" from a concatenation alone is slow.

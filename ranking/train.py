@@ -206,7 +206,7 @@ class _ScorerExport(tf.Module):
         t = tf.where(tf.equal(history_types, ""), tf.constant(0, tf.int64), self.types.lookup(history_types))
         # A leading padding step keeps an empty history well-formed; masked steps change nothing.
         h, t = tf.pad(h, [[1, 0]]), tf.pad(t, [[1, 0]])
-        inputs = {"dense": features, "item": self.items.lookup(items), "history": h[None, :], "history_type": t[None, :]}
+        inputs = {"dense": features, "item": self.items.lookup(items), "history": tf.expand_dims(h, 0), "history_type": tf.expand_dims(t, 0)}
         return self.model(inputs, training=False)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.string),

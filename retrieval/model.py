@@ -96,7 +96,7 @@ class ItemTower(tf.keras.Model):
         return self.item_lookup(item_id)
 
     def _sum(self, item_idx, category_idx, brand_idx, price_bucket, attribute_idx) -> tf.Tensor:
-        mask = tf.cast(tf.not_equal(attribute_idx, 0), tf.float32)[..., None]
+        mask = tf.expand_dims(tf.cast(tf.not_equal(attribute_idx, 0), tf.float32), -1)
         attr = tf.reduce_sum(self.attribute_embedding(attribute_idx) * mask, axis=-2) / tf.maximum(
             tf.reduce_sum(mask, -2), 1.0)
         return (self.item_embedding(item_idx) + self.category_embedding(category_idx)
@@ -170,21 +170,21 @@ class UserTower(tf.keras.Model):
         history = tf.pad(history, [[0, 0], [missing, 0]])
         valid = tf.not_equal(history, 0)
         items = self.items.raw_by_index(history)
-        weight = tf.cast(valid, tf.float32)[..., None]
+        weight = tf.expand_dims(tf.cast(valid, tf.float32), -1)
         mean_so_far = tf.cumsum(items * weight, axis=1) / tf.maximum(tf.cumsum(weight, axis=1), 1.0)
-        x = items + self.positions(tf.range(self.max_len))[None]
+        x = items + tf.expand_dims(self.positions(tf.range(self.max_len)), 0)
         x = self.input_dropout(x, training=training) * weight
         causal = tf.linalg.band_part(tf.ones((self.max_len, self.max_len), tf.bool), -1, 0)
-        mask = tf.logical_and(causal[None], valid[:, None, :])  # attend to earlier, real items only
+        mask = tf.logical_and(tf.expand_dims(causal, 0), tf.expand_dims(valid, 1))  # attend to earlier, real items only
         for attn, n1, n2, ffn in zip(self.attention, self.norm1, self.norm2, self.ffn):
             h = n1(x)
             x = x + attn(h, h, attention_mask=mask, training=training)
             x = x + ffn(n2(x), training=training)
         out = self.final_norm(x) + self.pooled(mean_so_far)
         if user is not None:
-            out += self.user_embedding(user)[:, None, :]
+            out += tf.expand_dims(self.user_embedding(user), 1)
         if activity is not None and self.activity is not None:
-            out += self.activity(activity)[:, None, :]
+            out += tf.expand_dims(self.activity(activity), 1)
         return tf.math.l2_normalize(out, axis=-1)
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
