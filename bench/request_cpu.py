@@ -9,6 +9,8 @@ the steps add up to the request (``rest``: filters, merging, the response object
 
 ``--batch``: requests answered together (``Recommender.recommend_many``, as the server's
 pipeline thread does under load); the steps are then CPU per request of the batch.
+``--runtime lite tensorflow``: the models through their TensorFlow Lite copies, then through
+TensorFlow (serving/lite.py). Every user is a first visit (the user tower runs for each).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes to measure, in turn")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--runtime", nargs="+", default=["lite"], choices=["lite", "tensorflow"],
+                   help="model runtimes to measure, in turn (serving's model_runtime)")
     args = p.parse_args()
 
     from serving.launcher import limit_tensorflow_threads
@@ -65,8 +69,8 @@ def main() -> None:
         setattr(owner, name, call)
 
     rows, results = {}, {}
-    for kind in args.ranker:
-        rec = pipeline.Recommender(ws, quotas=Quotas(two_tower=args.two_tower), ranker=kind)
+    for kind, runtime in [(k, r) for k in args.ranker for r in args.runtime]:
+        rec = pipeline.Recommender(ws, quotas=Quotas(two_tower=args.two_tower), ranker=kind, model_runtime=runtime)
         m = rec.models
         # Module-level functions are patched where the pipeline looks them up; restored below.
         originals = {name: getattr(pipeline, name) for name in ("rank_features", "pick_page")}
@@ -90,8 +94,8 @@ def main() -> None:
             steps = {k: round(v / n * 1000, 3) for k, v in spent.items()}
             steps["rest"] = round((total - sum(spent.values())) / n * 1000, 3)
             steps["total"] = round(total / n * 1000, 3)
-            name = kind if len(args.batch) == 1 else f"{kind} x{batch}"
-            results[name] = {"version": m.versions["ranking"], "requests": n, "batch": batch,
+            name = kind + (f" {runtime}" if len(args.runtime) > 1 else "") + (f" x{batch}" if len(args.batch) > 1 else "")
+            results[name] = {"version": m.versions["ranking"], "runtime": runtime, "requests": n, "batch": batch,
                              "cpu_ms_per_request": steps}
             rows[name] = steps
         for name, fn in originals.items():

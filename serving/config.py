@@ -31,6 +31,7 @@ ENV_PREFIX = "SHOPREC_SERVE_"
 EXAMPLE_FILE = Path(__file__).with_name("shoprec-serve.toml")
 MAX_PROCESSES = 64
 RANKERS = ("published", "dcn", "lstm")  # "published" or a ranking.model.KINDS kind
+MODEL_RUNTIMES = ("lite", "tensorflow")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ class ServingConfig:
       ranker: "published" serves the ranking model training published (the better one on
         validation); "dcn" or "lstm" serves the newest model of that kind. The DCN costs a third
         of the LSTM's CPU per request for slightly lower quality (docs/benchmarks.md).
+      model_runtime: "lite" (default) serves the user tower and the ranker through TensorFlow
+        Lite copies made at load, where they convert and answer as TensorFlow does: a fraction
+        of TensorFlow's per-call cost (serving/lite.py, docs/benchmarks.md); "tensorflow"
+        serves them with the TensorFlow runtime only.
       tf_threads: TensorFlow threads per process (intra- and inter-op); 0 (default) means the
         cores divided by the processes, at least 1. Per-request models are small: with one
         process per core, one thread each is fastest (no oversubscription); a single process
@@ -76,6 +81,7 @@ class ServingConfig:
     user_cache: int = 4096
     tf_threads: int = 0
     ranker: str = "published"
+    model_runtime: str = "lite"
     processes: int = 1
     workspace: Path | None = None
     online_store: str | None = None
@@ -250,6 +256,8 @@ def _validate(cfg: ServingConfig, label) -> None:
     require(0 <= cfg.user_cache <= 1_000_000, None, "user_cache",
             "must be between 0 and 1000000 (recent users' retrieval kept per process; 0: none)")
     require(cfg.ranker in RANKERS, None, "ranker", f"must be one of {', '.join(RANKERS)}")
+    require(cfg.model_runtime in MODEL_RUNTIMES, None, "model_runtime",
+            f"must be one of {', '.join(MODEL_RUNTIMES)} (lite: TensorFlow Lite copies where they agree)")
     require(cfg.tf_threads >= 0, None, "tf_threads", "must be >= 0 (0: the cores divided by the processes)")
     require(1 <= cfg.processes <= MAX_PROCESSES, None, "processes",
             f"must be between 1 and {MAX_PROCESSES} (one per core is the useful maximum)")

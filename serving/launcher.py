@@ -51,7 +51,7 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool, number:
     store = open_store(ws, cfg.online_store) if cfg.online_store else None
     recommender = Recommender(ws, quotas=cfg.quotas, feature_store=store,
                               store_retry_seconds=cfg.store_retry_seconds, rules=cfg.rules, ranker=cfg.ranker,
-                              user_cache=cfg.user_cache)
+                              user_cache=cfg.user_cache, model_runtime=cfg.model_runtime)
     recommender.watch(cfg.reload_seconds)  # hot reload of newly published versions
     return start(recommender, cfg.host, cfg.port, cfg.workers, cfg.limits, reuse_port=reuse_port,
                  max_batch=cfg.max_batch, process=(number, cfg.processes))

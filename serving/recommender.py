@@ -95,6 +95,7 @@ class Models:
         # skips tf.function's argument matching (~0.1 ms per call, two calls a request).
         self._embed_user = _graph_call(self.user_tower.embed)
         self._score_heads = _graph_call(self.scorer.score_heads)
+        self._lite_user = self._lite_scorer = None  # TensorFlow Lite copies, once ``compile_lite`` made them
         if self.cooccurrence is not None and self.item_to_cooccurrence is None:
             self.item_to_cooccurrence = np.array([self.cooccurrence.position.get(i, -1) for i in self.items.item_ids],
                                                  dtype=np.int64)
@@ -104,9 +105,34 @@ class Models:
 
     def embed_users(self, user_ids: list[str], history: np.ndarray, activity: np.ndarray) -> np.ndarray:
         """[B, D] user-tower embeddings: ``history`` [B, RECENT_N] padded ids, ``activity`` [B, A]."""
+        if self._lite_user is not None:
+            return self._lite_user(np.asarray(user_ids, dtype=str), history, activity)
         import tensorflow as tf
 
         return self._embed_user(tf.constant(user_ids), tf.constant(history), tf.constant(activity)).numpy()
+
+    def compile_lite(self) -> None:
+        """Serve the user tower and the ranker through TensorFlow Lite copies where they convert
+        and agree with TensorFlow (serving/lite.py); the rest stays on TensorFlow."""
+        import tensorflow as tf
+
+        from serving.lite import compile_function
+
+        ids = self.items.item_ids[:8].astype(str)
+        activity = np.stack([activity_vector({}), activity_vector({"n_view": 12, "n_purchase": 2})]).astype(np.float32)
+        history = pad_sequences([list(ids[:3]), list(ids[2:7])], RECENT_N).astype(str)
+        self._lite_user = compile_function(
+            self.user_tower.embed, self.user_tower,
+            [tf.TensorSpec([None], tf.string), tf.TensorSpec([None, RECENT_N], tf.string),
+             tf.TensorSpec([None, activity.shape[1]], tf.float32)],
+            [np.array(["warm-up", "?"]), history, activity],
+            lambda u, h, a: self._embed_user(tf.constant(u), tf.constant(h), tf.constant(a)).numpy(), "user tower")
+        features = np.random.default_rng(0).normal(size=(len(ids), len(FEATURE_NAMES))).astype(np.float32)
+        self._lite_scorer = compile_function(
+            self.scorer.score_heads, self.scorer,
+            [tf.TensorSpec([None, len(FEATURE_NAMES)], tf.float32)] + [tf.TensorSpec([None], tf.string)] * 3,
+            [features, ids, ids[:5], np.array(["view", "click", "view", "purchase", "add_to_cart"])],
+            lambda *a: self._score_heads(*(tf.constant(x) for x in a)).numpy(), f"ranker ({self.ranker_kind})")
 
     @property
     def ranker_scores_rows_alone(self) -> bool:
@@ -119,6 +145,8 @@ class Models:
                     history_types: np.ndarray) -> np.ndarray:
         """[N, tasks] head probabilities of one user's N candidates; ``item_ids``: theirs, or
         none (NO_ITEM_IDS) when ``ranker_scores_rows_alone``."""
+        if self._lite_scorer is not None:
+            return self._lite_scorer(features, item_ids, history, history_types)
         import tensorflow as tf
 
         return self._score_heads(tf.constant(features), tf.constant(item_ids), tf.constant(history),
@@ -307,23 +335,26 @@ class Recommender:
       rules: page rules (serving/rules.py).
       ranker: which ranking model: "published" or a kind (see ``Models.load``).
       user_cache: recent users' embeddings and two-tower candidates kept (0: none).
+      model_runtime: "lite" (TensorFlow Lite copies of the user tower and ranker where they
+        agree with TensorFlow, serving/lite.py) or "tensorflow".
     """
 
     def __init__(self, ws: Workspace, quotas: Quotas = Quotas(), feature_store=None,
                  store_retry_seconds: float = 5.0, rules: Rules = Rules(), ranker: str = "published",
-                 user_cache: int = 4096):
+                 user_cache: int = 4096, model_runtime: str = "lite"):
         from feature_repo.store import open_store
 
         self.ws = ws
         self.ranker = ranker
         self.user_cache = user_cache
+        self.model_runtime = model_runtime
         self.quotas = quotas
         self.rules = rules
         # After a failed read the store is skipped for this long, so that an outage costs one
         # slow request (client retries/timeouts) instead of every request.
         self.store_retry_seconds = store_retry_seconds
         self._store_down_until = 0.0
-        self._live = self._build(Models.load(ws, ranker))
+        self._live = self._build(self._load_models())
         self._reload_lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -339,6 +370,12 @@ class Recommender:
     def retrieval_cache(self) -> UserRetrievalCache:
         """The live models' cache of recent users' retrieval (its hits and misses)."""
         return self._live.users
+
+    def _load_models(self) -> Models:
+        models = Models.load(self.ws, self.ranker)
+        if self.model_runtime == "lite":
+            models.compile_lite()
+        return models
 
     def _build(self, models: Models) -> _Live:
         return _Live(models, CandidateSources(models.items, models.index, models.index_to_item,
@@ -356,7 +393,7 @@ class Recommender:
             if disk_fingerprint(self.ws, self.ranker) == self.models.fingerprint:
                 return False
             try:
-                live = self._build(Models.load(self.ws, self.ranker))
+                live = self._build(self._load_models())
                 self._recommend(live, [_Request("warm-up", 10, RequestContext(), self.rules)])  # trace the new tf.functions first
             except Exception:  # noqa: BLE001 - keep serving the old version, loudly
                 log.exception("reload failed; still serving %s", self.models.versions)
