@@ -1,7 +1,8 @@
 """The request pipeline: one user (and what the shop knows right now) in, k ranked items out.
 
 Per request: ONE Feast online read for the user (feature_repo/online_read.py); the request
-context (session items, cart, viewed item) extends the history → user tower (exported tf.function) → candidates from FAISS,
+context (session items, cart, viewed item) extends the history → user tower (a TensorFlow Lite
+copy of the exported tf.function, serving/lite.py, or the function itself) → candidates from FAISS,
 co-occurrence, the context's complements and similar items, trending, new and popular →
 filters (bought unless a repeat-purchase item, in the cart, excluded, unavailable, category,
 price) → ranker heads over [user, item, cross] features (item features from memory) → page
