@@ -10,7 +10,9 @@ the steps add up to the request (``rest``: filters, merging, the response object
 ``--batch``: requests answered together (``Recommender.recommend_many``, as the server's
 pipeline thread does under load); the steps are then CPU per request of the batch.
 ``--runtime lite tensorflow``: the models through their TensorFlow Lite copies, then through
-TensorFlow (serving/lite.py). Every user is a first visit (the user tower runs for each).
+TensorFlow (serving/lite.py). Each (ranker, runtime) serves the same users at every batch size:
+the first size measured sees first visits (the user tower and FAISS run for each), the later
+ones repeats answered by the user cache.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
+    from serving.config import MODEL_RUNTIMES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workspace", default="var")
     p.add_argument("--ranker", nargs="+", default=["dcn", "lstm"], help="ranker kinds to measure, in turn")
@@ -36,7 +40,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes to measure, in turn")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--runtime", nargs="+", default=["lite"], choices=["lite", "tensorflow"],
+    p.add_argument("--runtime", nargs="+", default=["lite"], choices=MODEL_RUNTIMES,
                    help="model runtimes to measure, in turn (serving's model_runtime)")
     args = p.parse_args()
 
