@@ -28,6 +28,7 @@ def _user_inputs(m, batch: int, seed: int):
     ids = m.items.item_ids.astype(str)
     histories = [list(rng.choice(ids, rng.integers(0, 30))) for _ in range(batch)]
     users = [f"u{rng.integers(0, 500):06d}" for _ in range(batch)]
+    users[-1] = "nouveau-utilisateur-é"  # an unknown, non-ASCII id: UTF-8 bytes, as TensorFlow encodes it
     activity = np.stack([activity_vector({"n_view": int(rng.integers(0, 40)), "n_purchase": int(rng.integers(0, 4))})
                          for _ in range(batch)]).astype(np.float32)
     return users, pad_sequences(histories, RECENT_N).astype(str), activity
