@@ -96,6 +96,7 @@ class Models:
         # skips tf.function's argument matching (~0.1 ms per call, two calls a request).
         self._embed_user = _graph_call(self.user_tower.embed)
         self._score_heads = _graph_call(self.scorer.score_heads)
+        self._tf_user, self._tf_scorer = _on_arrays(self._embed_user), _on_arrays(self._score_heads)
         self._lite_user = self._lite_scorer = None  # TensorFlow Lite copies, once ``compile_lite`` made them
         if self.cooccurrence is not None and self.item_to_cooccurrence is None:
             self.item_to_cooccurrence = np.array([self.cooccurrence.position.get(i, -1) for i in self.items.item_ids],
@@ -106,11 +107,7 @@ class Models:
 
     def embed_users(self, user_ids: list[str], history: np.ndarray, activity: np.ndarray) -> np.ndarray:
         """[B, D] user-tower embeddings: ``history`` [B, RECENT_N] padded ids, ``activity`` [B, A]."""
-        if self._lite_user is not None:
-            return self._lite_user(np.asarray(user_ids, dtype=str), history, activity)
-        import tensorflow as tf
-
-        return self._embed_user(tf.constant(user_ids), tf.constant(history), tf.constant(activity)).numpy()
+        return (self._lite_user or self._tf_user)(user_ids, history, activity)
 
     def compile_lite(self) -> None:
         """Serve the user tower and the ranker through TensorFlow Lite copies where they convert
@@ -127,13 +124,13 @@ class Models:
             [tf.TensorSpec([None], tf.string), tf.TensorSpec([None, RECENT_N], tf.string),
              tf.TensorSpec([None, activity.shape[1]], tf.float32)],
             [np.array(["warm-up", "?"]), history, activity],
-            lambda u, h, a: self._embed_user(tf.constant(u), tf.constant(h), tf.constant(a)).numpy(), "user tower")
+            self._tf_user, "user tower")
         features = np.random.default_rng(0).normal(size=(len(ids), len(FEATURE_NAMES))).astype(np.float32)
         self._lite_scorer = compile_function(
             self.scorer.score_heads, self.scorer,
             [tf.TensorSpec([None, len(FEATURE_NAMES)], tf.float32)] + [tf.TensorSpec([None], tf.string)] * 3,
             [features, ids, ids[:5], np.array(["view", "click", "view", "purchase", "add_to_cart"])],
-            lambda *a: self._score_heads(*(tf.constant(x) for x in a)).numpy(), f"ranker ({self.ranker_kind})")
+            self._tf_scorer, f"ranker ({self.ranker_kind})")
 
     @property
     def ranker_scores_rows_alone(self) -> bool:
@@ -146,12 +143,7 @@ class Models:
                     history_types: np.ndarray) -> np.ndarray:
         """[N, tasks] head probabilities of one user's N candidates; ``item_ids``: theirs, or
         none (NO_ITEM_IDS) when ``ranker_scores_rows_alone``."""
-        if self._lite_scorer is not None:
-            return self._lite_scorer(features, item_ids, history, history_types)
-        import tensorflow as tf
-
-        return self._score_heads(tf.constant(features), tf.constant(item_ids), tf.constant(history),
-                                 tf.constant(history_types)).numpy()
+        return (self._lite_scorer or self._tf_scorer)(features, item_ids, history, history_types)
 
     @classmethod
     def load(cls, ws: Workspace, ranker: str = "published") -> "Models":
@@ -231,6 +223,13 @@ def _graph_call(function):
 
     call.concrete = concrete  # for tests and debugging: the function this stands for
     return call
+
+
+def _on_arrays(function):
+    """A TensorFlow call with numpy arrays (or lists) in and a numpy array out."""
+    import tensorflow as tf
+
+    return lambda *arrays: function(*(tf.constant(a) for a in arrays)).numpy()
 
 
 def ranking_version_for(store: ArtifactStore, ranker: str) -> str:
