@@ -35,7 +35,7 @@ def test_fast_calls_equal_the_public_calls(recommender):
 def test_the_dcn_scores_the_same_without_item_ids(trained_workspace):
     """Serving sends the DCN no item ids and no history (it reads neither): the heads must not change."""
     from ranking.features import FEATURE_NAMES
-    from serving.recommender import NO_ITEM_IDS, Models
+    from serving.models import NO_ITEM_IDS, Models
 
     m = Models.load(trained_workspace, "dcn")
     assert m.ranker_scores_rows_alone

@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def models(trained_workspace):
-    from serving.recommender import Models
+    from serving.models import Models
 
     m = {kind: Models.load(trained_workspace, kind) for kind in ("dcn", "lstm")}
     for one in m.values():
@@ -58,7 +58,7 @@ def test_the_ranker_copy_answers_as_tensorflow(models, kind):
     import tensorflow as tf
 
     from ranking.features import FEATURE_NAMES
-    from serving.recommender import NO_ITEM_IDS
+    from serving.models import NO_ITEM_IDS
 
     m = models[kind]
     rng = np.random.default_rng(3)

@@ -6,7 +6,7 @@ import pytest
 
 from feature_repo.artifacts import ArtifactStore
 from serving.errors import ModelNotLoaded
-from serving.recommender import ranking_version_for
+from serving.models import ranking_version_for
 
 
 def _store(tmp_path, kinds: list[str], live: int) -> tuple[ArtifactStore, list[str]]:
