@@ -6,9 +6,7 @@ How the model is trained and what the labels, features and segments mean: shopre
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +14,7 @@ import pandas as pd
 
 from feature_repo.artifacts import ArtifactStore
 from feature_repo.data.features import COUNT_COLUMNS, WINDOWS
-from feature_repo.errors import ArtifactError, ConfigError, WorkspaceNotReady
+from feature_repo.errors import ArtifactError
 from feature_repo.workspace import Workspace
 
 DAY = 86400.0

@@ -1,8 +1,6 @@
 """render(): a header, a dashed separator, then rows; text left-aligned, numbers right-aligned."""
 from __future__ import annotations
 
-import pytest
-
 from shoprec.table import render
 
 
