@@ -12,6 +12,11 @@ off the network in loop turns of its own, ~0.3-0.7 ms per call under load (measu
 docs/benchmarks.md). While the pipeline ran on the loop, no other call got in, so every
 batch held one call. On a thread of its own the loop keeps accepting calls while a batch is
 computed, and those calls make the next batch.
+
+RecordEvents always goes through a batcher (a push is the expensive part, shared by a batch).
+Recommend does only with ``max_batch > 1``: with the TensorFlow Lite models served by default
+a batch saves little, and the hand-off and the thread's GIL contention with the loop cost more
+in the tail than it saves (docs/benchmarks.md, twelfth session).
 """
 from __future__ import annotations
 

@@ -41,15 +41,17 @@ class ServingConfig:
     Args:
       host: interface to listen on ("0.0.0.0" for every interface).
       port: TCP port; 0 picks a free one (single process only).
-      workers: request threads per process; 0 (default) runs Recommend and RecordEvents in
-        batches (``max_batch``) on a thread each and the other calls on the server's event
-        loop, fastest when the online store is local (docs/benchmarks.md); N threads let
-        requests overlap the round trips of an online store across a network.
-      max_batch: with ``workers = 0``, up to this many Recommend calls that queued up while the
-        pipeline was busy are answered together: one online read, one user-tower call and
-        (with the DCN) one ranker call for all of them; likewise RecordEvents calls share one
-        online read and one push (serving/batching.py). An idle server answers each call at
-        once. 1 runs every call on the event loop, one at a time.
+      workers: request threads per process; 0 (default) runs Recommend and the other reads on
+        the server's event loop and RecordEvents on a thread of its own, fastest when the
+        online store is local (docs/benchmarks.md); N threads let requests overlap the round
+        trips of an online store across a network.
+      max_batch: with ``workers = 0``, 1 (default) answers Recommend calls one at a time on the
+        event loop; N > 1 runs them on a pipeline thread that answers up to N calls that queued
+        up while it was busy together: one online read, one user-tower call and (with the DCN)
+        one ranker call for all of them (serving/batching.py). With TensorFlow Lite models one
+        at a time has the lower tail; batching paid off with the TensorFlow runtime.
+      max_event_batch: with ``workers = 0``, up to this many RecordEvents calls that queued up
+        during a push share the next one (one online read and one push); 1 pushes each alone.
       user_cache: per process, how many recent users' embeddings and two-tower candidates are
         kept, keyed by everything the user tower reads (serving/user_cache.py); 0 keeps none.
       ranker: "published" serves the ranking model training published (the better one on
@@ -77,7 +79,8 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 0
-    max_batch: int = 8
+    max_batch: int = 1
+    max_event_batch: int = 8
     user_cache: int = 4096
     tf_threads: int = 0
     ranker: str = "published"
@@ -253,6 +256,8 @@ def _validate(cfg: ServingConfig, label) -> None:
     require(cfg.workers >= 0, None, "workers", "must be >= 0 (request threads per process; 0: on the event loop)")
     require(1 <= cfg.max_batch <= 256, None, "max_batch",
             "must be between 1 and 256 (Recommend calls answered together; 1: one at a time)")
+    require(1 <= cfg.max_event_batch <= 256, None, "max_event_batch",
+            "must be between 1 and 256 (RecordEvents calls sharing one push; 1: each alone)")
     require(0 <= cfg.user_cache <= 1_000_000, None, "user_cache",
             "must be between 0 and 1000000 (recent users' retrieval kept per process; 0: none)")
     require(cfg.ranker in RANKERS, None, "ranker", f"must be one of {', '.join(RANKERS)}")

@@ -5,16 +5,17 @@ named errors, this module turns each into one status code (serving/errors.py) an
 traceback of anything unexpected without sending it to the client.
 
 The server is grpc.aio on an event loop of its own thread. With ``workers = 0`` (the default)
-Recommend runs on one pipeline thread, which answers the calls that queued up while it was
-busy together (``max_batch``, serving/batching.py), while the loop keeps taking calls off the
-network. RecordEvents does the same on a thread of its own (one push for the calls that queued
-up); the other calls run on the loop. ``max_batch = 1`` runs every call on the loop, one at a
-time. ``workers = N`` runs every request on N threads instead, for an online
-store across a network, whose round trips other requests should fill. Measured on 2 cores
-(docs/benchmarks.md): the batched pipeline serves 1.1-1.5x the Recommend calls per second of
-the fourth session's loop-only server on the default preset, in the same runs; on 100k and
-1M items, from no clear change to +24%; RecordEvents calls at C = 8, 1.8x. The loop-only
-server in turn beat the thread-pool server.
+Recommend and the other reads run on the loop, one call at a time, and RecordEvents on a thread
+of its own, where the calls that queued up during a push share the next one
+(``max_event_batch``, serving/batching.py): a push costs ~6 ms on sqlite and would hold up
+every other call on the loop. ``max_batch > 1`` moves Recommend to a pipeline thread too, which
+answers the calls that queued up while it was busy together. ``workers = N`` runs every request
+on N threads instead, for an online store across a network, whose round trips other requests
+should fill. Measured on 2 cores (docs/benchmarks.md): with TensorFlow Lite models, Recommend on
+the loop serves as many calls per second as the batched pipeline with a shorter tail (p99 at
+C = 8, medians: 14.1 against 18.0 ms on 100k items, 15.2 against 18.8 on 1M); with
+TensorFlow's 0.25 ms per call, batching had been worth up to +24% QPS. RecordEvents calls that
+share a push: 1.8x the calls per second at C = 8.
 """
 from __future__ import annotations
 
@@ -92,20 +93,21 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """The shoprec.v1 service: each RPC is a plain function of the request (``_recommend``, ...)
     that ``_serve`` runs (on the loop, or on a worker thread) and whose errors it maps."""
 
-    def __init__(self, recommender: Recommender, limits: Limits = Limits(), workers: int = 0, max_batch: int = 8,
-                 process: tuple[int, int] = (1, 1)):
+    def __init__(self, recommender: Recommender, limits: Limits = Limits(), workers: int = 0, max_batch: int = 1,
+                 max_event_batch: int = 8, process: tuple[int, int] = (1, 1)):
         self.recommender = recommender
         self.limits = limits
         self.process = process  # (this process's number, processes on the port): GetInfo tells clients
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="shoprec-rpc") if workers else None
-        # Recommend and RecordEvents calls that queue up are answered together, each RPC on a
-        # thread of its own (serving/batching.py): a TensorFlow call or a push costs about the
-        # same for one call as for several, and on the loop it would hold up every other call.
-        # max_batch = 1 runs them on the loop like the other calls.
-        batching = self._pool is None and max_batch > 1
-        self.recommend_batcher = Batcher(self._recommend_batch, max_batch) if batching else None
-        self.events_batcher = (Batcher(self._record_events_batch, max_batch, name="shoprec-events")
-                               if batching else None)
+        # Calls that queue up are answered together on a thread of their own (serving/batching.py).
+        # RecordEvents always: a push costs about the same for one call as for several, and on
+        # the loop it would hold up every other call. Recommend only with max_batch > 1: with
+        # TensorFlow Lite models the batch saves less than the hand-off to the thread costs.
+        threads = self._pool is None
+        self.recommend_batcher = (Batcher(self._recommend_batch, max_batch)
+                                  if threads and max_batch > 1 else None)
+        self.events_batcher = (Batcher(self._record_events_batch, max_event_batch, name="shoprec-events")
+                               if threads else None)
 
     async def _serve(self, work, request, context: grpc.aio.ServicerContext):
         try:
@@ -260,7 +262,7 @@ def _answer_valid(requests: list, check, answer_all, respond) -> list:
 
 
 def _alone(answer_batch, request):
-    """One call through its RPC's batch function (threads, or ``max_batch = 1``)."""
+    """One call through its RPC's batch function (threads, or Recommend with ``max_batch = 1``)."""
     answer = answer_batch([request])[0]
     if isinstance(answer, Exception):
         raise answer
@@ -313,20 +315,21 @@ class RunningServer:
 
 
 def start(recommender: Recommender, host: str = "127.0.0.1", port: int = 50051, workers: int = 0,
-          limits: Limits = Limits(), reuse_port: bool = False, max_batch: int = 8,
-          process: tuple[int, int] = (1, 1)) -> RunningServer:
+          limits: Limits = Limits(), reuse_port: bool = False, max_batch: int = 1,
+          max_event_batch: int = 8, process: tuple[int, int] = (1, 1)) -> RunningServer:
     """Start serving on host:port (port 0 picks a free one) and mark the service SERVING.
 
     ``workers``: 0 runs requests on the server's event loop, N on N threads (module docstring).
-    ``max_batch``: with ``workers = 0``, up to this many Recommend (or RecordEvents) calls
-    that queued up are answered together on a thread of their own (serving/batching.py); 1
-    answers them one at a time on the loop.
+    ``max_batch``: with ``workers = 0``, 1 answers Recommend calls one at a time on the loop;
+    N > 1 answers up to N that queued up together on a thread of their own (serving/batching.py).
+    ``max_event_batch``: with ``workers = 0``, up to this many RecordEvents calls that queued
+    up share one push, on a thread of their own.
     ``reuse_port``: let several server processes listen on the same port (SO_REUSEPORT; the
     kernel spreads connections over them), which is how one machine's cores are all used.
     ``process``: (this process's number, the processes on the port), reported by GetInfo so
     that a client can spread its calls over the processes (serving/client.py).
     """
-    servicer = RecommenderServicer(recommender, limits, workers, max_batch, process)
+    servicer = RecommenderServicer(recommender, limits, workers, max_batch, max_event_batch, process)
 
     async def begin() -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])

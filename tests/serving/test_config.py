@@ -93,6 +93,8 @@ BAD = [  # (file text, environment, flags) → substrings the message must conta
     ("", {"SHOPREC_SERVE_PORT": "-1"}, {}, ["SHOPREC_SERVE_PORT", "between 0 and 65535"]),
     ("workers = -1\n", {}, {}, ["workers in", ">= 0"]),
     ("tf_threads = -1\n", {}, {}, ["tf_threads in", ">= 0"]),
+    ("max_batch = 0\n", {}, {}, ["max_batch in", "between 1 and 256"]),
+    ("", {"SHOPREC_SERVE_MAX_EVENT_BATCH": "0"}, {}, ["SHOPREC_SERVE_MAX_EVENT_BATCH", "between 1 and 256"]),
     ('ranker = "mlp"\n', {}, {}, ["ranker in", "published, dcn, lstm"]),
     ('model_runtime = "onnx"\n', {}, {}, ["model_runtime in", "lite, tensorflow"]),
     ("", {"SHOPREC_SERVE_MODEL_RUNTIME": "tf"}, {}, ["SHOPREC_SERVE_MODEL_RUNTIME", "lite, tensorflow"]),

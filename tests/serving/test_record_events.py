@@ -105,9 +105,18 @@ def test_concurrent_calls_are_pushed_together_and_acknowledged_each(private_serv
     assert batcher.calls - calls_before == 24 and batcher.batches - batches_before < 24  # some were shared
 
 
-def test_the_threads_sharing_the_store_never_fail_or_degrade(private_server, shared_store_load):
-    """On sqlite: Feast's one connection, used by three threads (see the fixture)."""
-    shared_store_load(private_server)
+@pytest.mark.parametrize("max_batch", [1, 8])
+def test_the_threads_sharing_the_store_never_fail_or_degrade(private_server, shared_store_load, max_batch):
+    """On sqlite: Feast's one connection, used by the loop and the events thread, and with
+    ``max_batch > 1`` by the pipeline thread too (see the fixture)."""
+    from serving.server import start
+
+    running = start(private_server._servicer.recommender, port=0, max_batch=max_batch)
+    try:
+        assert (running._servicer.recommend_batcher is None) == (max_batch == 1)
+        shared_store_load(running)
+    finally:
+        running.stop()
 
 
 def test_a_store_failure_fails_only_the_calls_that_wrote(trained_workspace, recommender):
