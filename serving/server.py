@@ -103,11 +103,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         # RecordEvents always: a push costs about the same for one call as for several, and on
         # the loop it would hold up every other call. Recommend only with max_batch > 1: with
         # TensorFlow Lite models the batch saves less than the hand-off to the thread costs.
-        threads = self._pool is None
+        loop_server = self._pool is None  # workers = 0
         self.recommend_batcher = (Batcher(self._recommend_batch, max_batch)
-                                  if threads and max_batch > 1 else None)
+                                  if loop_server and max_batch > 1 else None)
         self.events_batcher = (Batcher(self._record_events_batch, max_event_batch, name="shoprec-events")
-                               if threads else None)
+                               if loop_server else None)
 
     async def _serve(self, work, request, context: grpc.aio.ServicerContext):
         try:
