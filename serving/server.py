@@ -93,8 +93,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """The shoprec.v1 service: each RPC is a plain function of the request (``_recommend``, ...)
     that ``_serve`` runs (on the loop, or on a worker thread) and whose errors it maps."""
 
-    def __init__(self, recommender: Recommender, limits: Limits = Limits(), workers: int = 0, max_batch: int = 1,
-                 max_event_batch: int = 8, process: tuple[int, int] = (1, 1)):
+    def __init__(self, recommender: Recommender, limits: Limits, workers: int, max_batch: int,
+                 max_event_batch: int, process: tuple[int, int]):
+        # No defaults here: start() is the one constructor and holds them (and documents them).
         self.recommender = recommender
         self.limits = limits
         self.process = process  # (this process's number, processes on the port): GetInfo tells clients

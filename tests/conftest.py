@@ -91,8 +91,9 @@ def shared_store_load():
 
     Several threads of a server process use its one online store: RecordEvents writes on the
     events thread, a cart call for a user reads on the event loop, and Recommend reads on the
-    loop too (or on the pipeline thread with ``max_batch > 1``). No call may fail, none may be answered from the degraded path (which would hide
-    a store error), and every view must reach the store."""
+    loop too (or on the pipeline thread with ``max_batch > 1``). No call may fail, none may be
+    answered from the degraded path (which would hide a store error), and every view must
+    reach the store."""
     from concurrent.futures import ThreadPoolExecutor
 
     from serving.client import RecommenderClient
