@@ -266,9 +266,10 @@ def inprocess(ws_root, users: list[str], quota_settings: list[dict[str, int]], a
         out["candidates"].append({"quotas": ",".join(f"{k}={v}" for k, v in quotas.items()) or "default",
                                   "users": len(counts), "mean": round(float(np.mean(counts)), 1),
                                   "min": int(np.min(counts)), "max": int(np.max(counts))})
-    missing = paths.items_missing_online()
+    sample = 200
+    missing = paths.items_missing_online(sample)
     if missing:
-        out["naive_skipped"] = (f"{missing} of 200 sampled catalog items have no features in the online store "
+        out["naive_skipped"] = (f"{missing} of {sample} sampled catalog items have no features in the online store "
                                 "(a catalog grown by bench/big_catalog.py); compare the paths on the 100k workspace")
         print(f"naive path not measured: {out['naive_skipped']}", file=sys.stderr)
         return out
