@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.load_server import ServerProcess, cpu_snapshot, cpu_usage, huge_pages_mib, loadavg  # noqa: E402
+from bench.load_server import ServerProcess, cpu_snapshot, cpu_usage, loadavg  # noqa: E402
 from serving.client import OWN_CONNECTION, LeastBusy, ProcessFinder  # noqa: E402
 from serving.proto import recommender_pb2 as pb  # noqa: E402
 from serving.proto import recommender_pb2_grpc as pb_grpc  # noqa: E402
@@ -446,13 +446,10 @@ def main() -> None:
                         print(f"[{name}] {method} C={c} connections={conns or c} routing={routing} rep {rep + 1}: "
                               f"p50 {r['p50_ms']} p99 {r['p99_ms']} ms, {r['qps']} QPS, errors {r['errors']}, "
                               f"load {r['loadavg_1m']}", file=sys.stderr)
-                huge = huge_pages_mib(pids())  # a process without them may be the slower one
-                print(f"[{name}] transparent huge pages of the serve process and its children: {huge} MiB", file=sys.stderr)
                 for (method, routing), rs in runs.items():
                     result["load"].append({"server": name, "processes": processes, "quotas": quotas or "default",
                                            "method": method, "routing": routing, "concurrency": c,
-                                           "connections": conns or c, **median_of(rs), "runs": rs,
-                                           "huge_pages_mib": huge})
+                                           "connections": conns or c, **median_of(rs), "runs": rs})
             for rate in args.rates:
                 rs = []
                 for rep in range(args.repeats):

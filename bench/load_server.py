@@ -43,22 +43,6 @@ def cpu_snapshot(pids: list[int]) -> dict:
             "procs": {pid: _proc_ticks(pid) for pid in pids}}
 
 
-def huge_pages_mib(pids: list[int]) -> list[float | None]:
-    """Each process's anonymous memory in transparent huge pages (MiB; None if unreadable). With
-    THP on ``madvise`` (this machine class), numpy asks for them and gets them only when the
-    kernel finds free 2 MiB blocks, so two processes loading the same index can differ; read
-    outside the measured windows (the kernel walks the process's page tables)."""
-    out: list[float | None] = []
-    for pid in pids:
-        try:
-            line = next(x for x in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-                        if x.startswith("AnonHugePages:"))
-            out.append(round(int(line.split()[1]) / 1024, 1))
-        except (OSError, StopIteration, ValueError):
-            out.append(None)
-    return out
-
-
 def cpu_usage(before: dict, after: dict) -> dict:
     """Cores used over the window: this process (the client), each server process, the rest."""
     wall = after["wall"] - before["wall"]
