@@ -40,8 +40,10 @@ class ItemTable:
     def __post_init__(self) -> None:
         self.position = {item: i for i, item in enumerate(self.item_ids)}
         # Integer codes of category and brand: per-candidate comparisons without Python strings.
-        self.category_code = pd.factorize(self.category)[0]
-        self.brand_code = pd.factorize(self.brand)[0]
+        # A missing value is a code of its own: pandas' default -1 would crash np.bincount and
+        # index the last code of a lookup table (e.g. an item read from a store without features).
+        self.category_code = pd.factorize(self.category, use_na_sentinel=False)[0]
+        self.brand_code = pd.factorize(self.brand, use_na_sentinel=False)[0]
         # How many codes there are: per-request lookup tables over categories and brands.
         self.category_count = int(self.category_code.max()) + 1 if len(self.category_code) else 0
         self.brand_count = int(self.brand_code.max()) + 1 if len(self.brand_code) else 0

@@ -133,6 +133,19 @@ def test_trend_and_age_features():
     np.testing.assert_allclose(x[:, COL["item_log_age_days"]], [0.0, np.log1p(2.0)], rtol=1e-6)
 
 
+def test_a_missing_category_or_brand_is_a_code_of_its_own():
+    table = ItemTable(item_ids=np.array(["A", "B", "C"], dtype=object),
+                      category=np.array(["shoes", None, "books"], dtype=object),
+                      brand=np.array([None, "b1", None], dtype=object), price=np.array([1.0, 2.0, 3.0]),
+                      n_view=np.zeros(3), n_purchase=np.zeros(3), conversion_rate=np.zeros(3))
+    assert (table.category_code >= 0).all() and len(set(table.category_code)) == table.category_count == 3
+    assert table.brand_code[0] == table.brand_code[2] != table.brand_code[1] and table.brand_count == 2
+    user = {"recent_items": ["B", "C"], "recent_event_types": ["view", "view"]}
+    x = rank_features(user, np.arange(3), np.zeros(3), table)  # the recent B has no category
+    np.testing.assert_allclose(x[:, COL["category_share_recent"]], [0.0, 0.5, 0.5])
+    np.testing.assert_allclose(x[:, COL["brand_share_recent"]], [0.5, 0.5, 0.5])
+
+
 def test_is_member_equals_numpy_isin():
     rng = np.random.default_rng(0)
     for _ in range(200):
