@@ -242,11 +242,12 @@ async def open_loop(address: str, requests: list, rate: float, warmup_s: float, 
 
 
 async def freshness(address: str, users: list[str], event_type: str, k: int, timeout_s: float,
-                    pool_users: list[str], background=None, read_recent=None) -> dict:
+                    pool_users: list[str], background=None, read_recent=None, repeatable=frozenset()) -> dict:
     """Per user: the page before, one event, then Recommend back to back until the page changes.
 
-    purchase: of the top item (also records when that item leaves the page; a repeat-purchase
-    item may stay); view/add_to_cart: of an item not on the page (from other users' pages).
+    purchase: of the highest-placed item not in ``repeatable`` (items people buy again may
+    rightly stay on the page), and records when it leaves the page; view/add_to_cart: of an item
+    not on the page (from other users' pages).
     ``read_recent(user)``: the user's recent items from the online store, read once after the
     polls: whether the event reached the features even when it did not move the top k.
     """
@@ -260,7 +261,7 @@ async def freshness(address: str, users: list[str], event_type: str, k: int, tim
         bg = asyncio.create_task(background(stop)) if background is not None else None
         if bg is not None:
             await asyncio.sleep(2.0)  # let the background load reach steady state
-        changed, gone, ack, polls, rejected = [], [], [], [], 0
+        changed, gone, ack, polls, rejected, repeat_only = [], [], [], [], 0, 0
         in_features: list[bool] = []
         loop = asyncio.get_running_loop()
         for n, user in enumerate(users):
@@ -268,9 +269,14 @@ async def freshness(address: str, users: list[str], event_type: str, k: int, tim
             ids = [r.item_id for r in before.items]
             if not ids:
                 continue
-            item = ids[0] if event_type == "purchase" else next(i for i in item_pool[n % len(item_pool):] + item_pool
-                                                                if i not in ids)
-            price = before.items[0].price if event_type == "purchase" else 0.0
+            if event_type == "purchase":
+                pos = next((p for p, i in enumerate(ids) if i not in repeatable), None)
+                if pos is None:  # a page of repeat-purchase items only: nothing that must leave it
+                    repeat_only += 1
+                    continue
+                item, price = ids[pos], before.items[pos].price
+            else:
+                item, price = next(i for i in item_pool[n % len(item_pool):] + item_pool if i not in ids), 0.0
             t0 = loop.time()
             resp = await stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(
                 user_id=user, item_id=item, event_type=event_type, price=price)]), timeout=5)
@@ -310,10 +316,21 @@ async def freshness(address: str, users: list[str], event_type: str, k: int, tim
            "polls_p50": float(np.median(polls)) if polls else None,
            "newest_in_features": f"{sum(in_features)}/{len(in_features)}" if read_recent is not None else None}
     if event_type == "purchase":
-        out["item_left_page"] = dist(gone)
+        out.update(item_left_page=dist(gone), pages_of_repeat_items_only=repeat_only)
     if bg_result is not None:
         out["background_load"] = bg_result
     return out
+
+
+def repeat_purchase_items(ws_root: Path) -> frozenset[str]:
+    """Items the live index lets back on a buyer's page (repeat rate at or above the default rule's)."""
+    from feature_repo.artifacts import ArtifactStore
+    from feature_repo.workspace import Workspace
+    from serving.rules import Rules
+
+    rates = json.loads((ArtifactStore(Workspace.at(ws_root).models_dir / "index").current()
+                        / "repeat_purchase.json").read_text())
+    return frozenset(i for i, rate in rates.items() if rate >= Rules().repeat_purchase_rate)
 
 
 def pick_users(ws_root: Path, n: int, seed: int) -> list[str]:
@@ -422,6 +439,7 @@ def main() -> None:
             row = store.get_online_features(features=["user_recent_fv:recent_items"],
                                             entity_rows=[{"user_id": user}]).to_dict()
             return list(row["recent_items"][0] or [])
+    repeatable = repeat_purchase_items(ws) if args.fresh_users and not args.address else frozenset()
     result = {"machine": machine(), "workspace": str(ws), "args": vars(args), "load": [], "open_loop": [], "freshness": []}
 
     for n_setup, (name, processes, quotas, settings) in enumerate(setups):
@@ -472,7 +490,7 @@ def main() -> None:
                         def bg(stop, c=under_load):
                             return load_run(address, "Recommend", requests["Recommend"], c, 0.0, 0.0, 0,
                                             args.deadline, pids, stop)
-                    r = asyncio.run(freshness(address, users, event, args.k, 5.0, load_users, bg, read_recent))
+                    r = asyncio.run(freshness(address, users, event, args.k, 5.0, load_users, bg, read_recent, repeatable))
                     r.update(server=name, background_concurrency=under_load, loadavg_1m=loadavg()[0])
                     result["freshness"].append(r)
                     print(f"[{name}] freshness {event} bg={under_load}: {r['page_changed']}", file=sys.stderr)
@@ -534,6 +552,8 @@ def report(result: dict, out: str | None) -> None:
         print(render([{"server": f["server"], "event": f["event"], "bg_C": f["background_concurrency"],
                        "page_changed": f"{f['page_changed']['visible']}/{f['page_changed']['of']}",
                        "newest_in_features": f.get("newest_in_features") or "",
+                       "bought_item_left": (f"{f['item_left_page']['visible']}/{f['item_left_page']['of']}"
+                                            if "item_left_page" in f else ""),
                        **{k: f["page_changed"].get(k, "") for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms",
                                                                       "share_within_1s")},
                        "ack_p50_ms": f["record_events_p50_ms"], "load_1m": f["loadavg_1m"]}
