@@ -14,8 +14,9 @@ with Recommend in every repetition. The client runs in this process and the serv
 each, and of everything else on the machine, is read from /proc over every window, because on
 2 cores client and server compete for the same CPUs.
 
-Then, per server: RecordEvents → visible latency (a purchase of the user's top item, a view of
-an item outside the page; poll Recommend until the page changes), idle and under background
+Then, per server: RecordEvents → visible latency (a purchase of the user's highest-placed item
+that is not a repeat-purchase item, a view of an item outside the page; poll Recommend until the
+page changes and the bought item has left it), idle and under background
 load. Finally, in this process after the servers are gone: candidates actually ranked per quota
 setting, and the naive path (bench/naive_path.py) against the design's, sequential and on 8
 threads.
