@@ -327,10 +327,10 @@ def repeat_purchase_items(ws_root: Path) -> frozenset[str]:
     """Items the live index lets back on a buyer's page (repeat rate at or above the default rule's)."""
     from feature_repo.artifacts import ArtifactStore
     from feature_repo.workspace import Workspace
+    from serving.models import repeat_purchase_rates
     from serving.rules import Rules
 
-    rates = json.loads((ArtifactStore(Workspace.at(ws_root).models_dir / "index").current()
-                        / "repeat_purchase.json").read_text())
+    rates = repeat_purchase_rates(ArtifactStore(Workspace.at(ws_root).models_dir / "index").current())
     return frozenset(i for i, rate in rates.items() if rate >= Rules().repeat_purchase_rate)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,8 +147,7 @@ class Models:
         tasks = list(spec["tasks"])
         weights = np.array([spec["task_weights"][t] for t in tasks], dtype=np.float32)
         head_index = tuple(tasks.index(t) if t in tasks else -1 for t in ("click", "add_to_cart", "purchase"))
-        repeat_file = index_dir / "repeat_purchase.json"
-        rates = json.loads(repeat_file.read_text()) if repeat_file.exists() else {}
+        rates = repeat_purchase_rates(index_dir)
         repeat_rate = np.array([rates.get(i, 0.0) for i in items.item_ids], dtype=np.float32)
         try:
             churn = ChurnModel.load(ws)
@@ -192,6 +192,13 @@ def _on_arrays(function):
     import tensorflow as tf
 
     return lambda *arrays: function(*(tf.constant(a) for a in arrays)).numpy()
+
+
+def repeat_purchase_rates(index_dir: Path) -> dict[str, float]:
+    """{item id: share of its buyers who bought it again}, as `shoprec index rebuild` wrote it
+    next to the index; empty for an index built before it did."""
+    repeat_file = index_dir / "repeat_purchase.json"
+    return json.loads(repeat_file.read_text()) if repeat_file.exists() else {}
 
 
 def ranking_version_for(store: ArtifactStore, ranker: str) -> str:
