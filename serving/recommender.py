@@ -147,7 +147,7 @@ class Recommender:
         self._stop = threading.Event()
         self.store = feature_store or open_store(ws)
         self.user_reader = OnlineRowReader(self.store, USER_FEATURE_SERVICE, "user_id")
-        self.recommend("warm-up", 10)  # first Feast read and first tf.function call are slow
+        self._warm_up(self._live)
 
     @property
     def models(self) -> Models:
@@ -181,7 +181,7 @@ class Recommender:
                 return False
             try:
                 live = self._build(self._load_models())
-                self._recommend(live, [_Request("warm-up", 10, RequestContext(), self.rules)])  # trace the new tf.functions first
+                self._warm_up(live)
             except Exception:  # noqa: BLE001 - keep serving the old version, loudly
                 log.exception("reload failed; still serving %s", self.models.versions)
                 return False
@@ -189,6 +189,15 @@ class Recommender:
             self._live = live
             log.info("reloaded: %s -> %s", old, live.models.versions)
             return True
+
+    def _warm_up(self, live: _Live) -> None:
+        """Serve a cold start and a product page before the first request does: the first Feast
+        read, the first call of each model and the first run of the compiled loops (numba: seconds
+        the first time on a machine, then read from its cache) are slow."""
+        self._recommend(live, [_Request("warm-up", 10, RequestContext(), self.rules)])
+        if len(live.models.popular):
+            viewed = live.models.items.item_ids[live.models.popular[0]]
+            self._recommend(live, [_Request("warm-up", 10, RequestContext(viewed=viewed), self.rules)])
 
     def watch(self, interval_seconds: float) -> None:
         """Check for new versions every ``interval_seconds`` in a daemon thread (0: never)."""

@@ -161,3 +161,58 @@ def test_item_columns_are_made_once_from_the_item_arrays(items):
     np.testing.assert_array_equal(block[:, -1], items.price)
     x = rank_features({}, np.arange(len(items)), np.zeros(len(items), np.float32), items)
     np.testing.assert_array_equal(x[:, [1, 2, 3, 4, 14, 15, 16]], block[:, :-1].astype(np.float32))
+
+
+def _rank_features_oracle(user, c, retrieval, items, cooc):
+    """The features in whole-array numpy, as they were computed before the compiled loop."""
+    recent = list(user.get("recent_items") or [])
+    types = list(user.get("recent_event_types") or [])
+    recent_pos = items.positions(recent)
+    carted_pos = items.positions([i for i, t in zip(recent, types) if t == "add_to_cart"])
+    avg = float(user.get("avg_purchase_price") or 0.0)
+    block = item_columns(items)[c]
+    x = np.zeros((len(c), len(FEATURE_NAMES)), dtype=np.float32)
+    x[:, 0] = retrieval
+    x[:, [1, 2, 3, 4, 14, 15, 16]] = block[:, :-1]
+    x[:, 5] = np.log((block[:, -1] + 1.0) / (avg + 1.0)) if avg > 0 else 0.0
+    x[:, 6] = float(avg > 0)
+    x[:, 7] = np.log1p(float(user.get("n_view") or 0))
+    x[:, 8] = np.log1p(float(user.get("n_purchase") or 0))
+    x[:, 9] = float(user.get("conversion_rate") or 0)
+    for col, codes, n in ((10, items.category_code, items.category_count), (11, items.brand_code, items.brand_count)):
+        if len(recent_pos):
+            x[:, col] = np.bincount(codes[recent_pos], minlength=n)[codes[c]] / len(recent_pos)
+    x[:, 12] = np.isin(c, recent_pos)
+    x[:, 13] = np.isin(c, carted_pos)
+    if cooc is not None and recent:
+        dense = cooc.score_histories([recent, recent[-1:]])  # [2, model items]: the batch form
+        rows = np.array([cooc.position.get(i, -1) for i in items.item_ids[c]])
+        for col, scores in ((17, dense[0]), (18, dense[1])):
+            x[:, col] = np.log1p(np.maximum(np.where(rows >= 0, scores[np.maximum(rows, 0)], 0.0), 0.0).astype(np.float32))
+    return x
+
+
+def test_rank_features_equal_the_array_formulation_on_a_random_shop():
+    """The compiled loop against whole-array numpy: random catalog, users, candidates, model."""
+    from retrieval.cooccurrence import CooccurrenceModel
+
+    rng = np.random.default_rng(3)
+    n = 300
+    ids = np.array([f"i{j}" for j in range(n)], dtype=object)
+    table = ItemTable(item_ids=ids, category=rng.choice(["a", "b", "c", None], n).astype(object),
+                      brand=rng.choice([f"b{j}" for j in range(12)], n).astype(object),
+                      price=rng.uniform(1, 100, n), n_view=rng.integers(0, 500, n).astype(float),
+                      n_purchase=rng.integers(0, 20, n).astype(float), conversion_rate=rng.uniform(0, 0.2, n),
+                      n_view_7d=rng.integers(0, 50, n).astype(float), n_purchase_7d=rng.integers(0, 5, n).astype(float),
+                      created_epoch=rng.uniform(0, 86400 * 30, n), as_of_epoch=86400.0 * 40)
+    cooc = CooccurrenceModel.fit([list(rng.choice(ids[:250], 8)) for _ in range(400)], item_ids=list(ids[:250]))
+    for trial in range(40):
+        history = list(rng.choice(np.r_[ids, ["unknown"]], int(rng.integers(0, 30))))
+        user = {"recent_items": history, "recent_event_types": list(rng.choice(["view", "add_to_cart"], len(history))),
+                "avg_purchase_price": float(rng.choice([0.0, 30.0])), "n_view": int(rng.integers(0, 99)),
+                "n_purchase": 3, "conversion_rate": 0.1}
+        c = rng.permutation(n)[: int(rng.integers(0, 120))]
+        retrieval = rng.normal(size=len(c)).astype(np.float32)
+        model = cooc if trial % 4 else None
+        np.testing.assert_allclose(rank_features(user, c, retrieval, table, model),
+                                   _rank_features_oracle(user, c, retrieval, table, model), rtol=1e-6, atol=1e-7)
