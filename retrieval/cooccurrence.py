@@ -5,9 +5,9 @@ The idea: for every user, each item is paired with the next (and, weighing less,
 ``C_ij`` are normalised by popularity like item-based collaborative filtering,
 ``C_ij / (pop_i ** (1 - alpha) * pop_j ** alpha)``. Only the ``top_n`` best neighbours of each
 item are kept (a sparse row per item), and a user is scored by summing the neighbour rows of
-their last few items, the most recent weighing most. numpy only: it builds in well under a
-second on 200k interactions, scores one user in about 0.05 ms, and is saved as an npz + json
-artifact that serving can load without TensorFlow. It is the evaluation baseline and a serving
+their last few items, the most recent weighing most. numpy, and one compiled loop (numba) for
+serving's per-request sum: it builds in well under a second on 200k interactions and is saved
+as an npz + json artifact that serving can load without TensorFlow. It is the evaluation baseline and a serving
 candidate source.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from feature_repo.errors import ArtifactError, ConfigError, ContractError
 
@@ -212,19 +213,7 @@ class CooccurrenceModel:
 
     def _scores_of_recent(self, recent: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         items, weights = self._recent_rows(recent)
-        # A request's few recent items: their neighbour lists as slices, summed per item by a
-        # stable sort (the sums in the same order as a bincount's, so the same floats).
-        spans = list(zip(self.indptr[items].tolist(), self.indptr[items + 1].tolist()))
-        cols = np.concatenate([self.indices[lo:hi] for lo, hi in spans] or [np.zeros(0, np.int32)]).astype(np.int64)
-        values = np.repeat(weights, [hi - lo for lo, hi in spans]) * np.concatenate(
-            [self.scores[lo:hi] for lo, hi in spans] or [np.zeros(0, np.float32)])
-        order = np.argsort(cols, kind="stable")
-        cols, values = cols[order], values[order]
-        if len(items) <= 1 or not len(cols):  # one neighbour list holds each item once
-            rows, scores = cols, values
-        else:
-            starts = np.flatnonzero(np.concatenate([[True], cols[1:] != cols[:-1]]))
-            rows, scores = cols[starts], np.add.reduceat(values, starts)
+        rows, scores = _sum_neighbour_rows(self.indptr, self.indices, self.scores, items, weights)
         rows.setflags(write=False)
         scores.setflags(write=False)
         return rows, scores
@@ -269,3 +258,28 @@ class CooccurrenceModel:
             raise CooccurrenceNotLoaded(f"cannot load the co-occurrence model in {directory}: {e}; "
                                         "rebuild it with CooccurrenceModel.fit(...).save(directory).") from e
         return cls(ids, config=config, **arrays)
+
+
+@njit(cache=True, nogil=True)
+def _sum_neighbour_rows(indptr, indices, scores, items, weights):  # pragma: no cover - compiled
+    """A request's few recent items: their neighbour lists weighted and summed per neighbour, as
+    (model rows ascending, float64 scores). Summed in the order of a stable sort of the rows,
+    which is a bincount's order (``score_histories``), so the floats are the same."""
+    total = 0
+    for item in items:
+        total += indptr[item + 1] - indptr[item]
+    cols, values = np.empty(total, np.int64), np.empty(total, np.float64)
+    k = 0
+    for a in range(len(items)):
+        for j in range(indptr[items[a]], indptr[items[a] + 1]):
+            cols[k], values[k] = indices[j], weights[a] * scores[j]
+            k += 1
+    order = np.argsort(cols, kind="mergesort")
+    rows, sums, m = np.empty(total, np.int64), np.empty(total, np.float64), -1
+    for j in order:
+        if m >= 0 and rows[m] == cols[j]:
+            sums[m] += values[j]
+        else:
+            m += 1
+            rows[m], sums[m] = cols[j], values[j]
+    return rows[: m + 1], sums[: m + 1]

@@ -66,6 +66,7 @@ def test_scores_match_brute_force_oracle(cfg):
         np.testing.assert_allclose(scores, row[cols], rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(cols, np.flatnonzero(row > 0))
         dense = model.score_histories([h])[0]  # top-k as the dense row sorts it (ties: catalog order)
+        np.testing.assert_array_equal(scores, dense[cols])  # the batch form's floats, to the bit
         top, _ = model.top(h, 5)
         assert top.tolist() == sorted(np.flatnonzero(dense > 0), key=lambda j: (-dense[j], j))[:5]
     assert (np.diff(model.indptr) <= cfg.top_n).all()
