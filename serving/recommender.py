@@ -408,19 +408,32 @@ class Recommender:
             found.two_tower.setflags(write=False)
         cand = live.sources.gather(r.user_emb, r.history, self._context_candidates(m, ctx),
                                    found.two_tower if found is not None else None)
+        retrieval = self._retrieval_scores(m, cand.positions, found)
         ok = self._allowed(m, cand.positions, ctx, r.blocked)
-        positions, masks = cand.positions[ok], cand.masks[ok]
+        positions, masks, retrieval = cand.positions[ok], cand.masks[ok], retrieval[ok]
         if len(positions) < r.k:  # filters must still fill the page: popular items that pass them
             fill = m.popular[~np.isin(m.popular, cand.positions)]
-            allowed = np.flatnonzero(self._allowed(m, fill, ctx, r.blocked))[: r.k - len(positions)]
-            positions = np.concatenate([positions, fill[allowed]])
-            masks = np.concatenate([masks, np.zeros(len(allowed), np.int64)])
-        r.positions, r.masks = positions, masks
-        r.retrieval = np.zeros(len(positions), dtype=np.float32)
-        if r.user_emb is not None and len(positions):
-            index_pos = m.item_to_index[positions]
-            r.retrieval = np.where(index_pos >= 0, m.item_embeddings[np.maximum(index_pos, 0)] @ r.user_emb[0],
-                                   0.0).astype(np.float32)
+            fill = fill[np.flatnonzero(self._allowed(m, fill, ctx, r.blocked))[: r.k - len(positions)]]
+            positions = np.concatenate([positions, fill])
+            masks = np.concatenate([masks, np.zeros(len(fill), np.int64)])
+            retrieval = np.concatenate([retrieval, self._retrieval_scores(m, fill, found)])
+        r.positions, r.masks, r.retrieval = positions, masks, retrieval
+
+    @staticmethod
+    def _retrieval_scores(m: Models, positions: np.ndarray, found: UserRetrieval | None) -> np.ndarray:
+        """The two-tower inner products of the user and each candidate (float32; 0 for an item
+        not in the index or a request without history). The two-tower candidates' are kept with
+        the user's retrieval: on a large catalog their ~500 embedding rows are scattered over
+        hundreds of MB, and reading them again was ~6% of a request (docs/benchmarks.md)."""
+        if found is None or not len(positions):
+            return np.zeros(len(positions), dtype=np.float32)
+        if found.two_tower_scores is None:
+            found.two_tower_scores = _inner_products(m, found.two_tower, found.embedding[0])
+            found.two_tower_scores.setflags(write=False)
+        head = len(found.two_tower)  # gather() puts them first, in their order
+        if head and len(positions) >= head and np.array_equal(positions[:head], found.two_tower):
+            return np.concatenate([found.two_tower_scores, _inner_products(m, positions[head:], found.embedding[0])])
+        return _inner_products(m, positions, found.embedding[0])
 
     def _rank(self, m: Models, requests: list["_Request"]) -> None:
         """Head probabilities of every request's candidates: one ranker call for all of them
@@ -527,6 +540,12 @@ class Recommender:
         items = m.items
         return Recommendation(items.item_ids[p], score, retrieval, "+".join(sources), reason, items.category[p],
                               items.brand[p], float(items.price[p]), tuple(float(h) for h in heads))
+
+
+def _inner_products(m: Models, positions: np.ndarray, user: np.ndarray) -> np.ndarray:
+    """[len(positions)] float32: item embedding · ``user`` (0 for items outside the index)."""
+    index_pos = m.item_to_index[positions]
+    return np.where(index_pos >= 0, m.item_embeddings[np.maximum(index_pos, 0)] @ user, 0.0).astype(np.float32)
 
 
 def _reason(sources: list[str], recent_category: bool) -> str:
