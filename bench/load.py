@@ -94,6 +94,29 @@ def summary(lat_s: list[float], window_s: float, errors: dict[str, int]) -> dict
             "n": len(lat_s), "qps": round((len(lat_s) + sum(errors.values())) / window_s, 1), "errors": errors}
 
 
+def stalls(started_s: list[float], lat_s: list[float], routes: list[int], processes: int,
+           window_s: float, gap_s: float = 0.05) -> dict:
+    """The shape of a window's tail, per server process (``routes``; with one connection per
+    coroutine the process is not known and all count as one): a slow start (docs/benchmarks.md) stalls
+    one process now and then, so that the few calls it has in flight all come back late together,
+    while a slow machine makes every call a little slower. A call is slow above twice the
+    window's p50; a stall is a run of slow calls to one process that started within ``gap_s``
+    of each other."""
+    if not lat_s:
+        return {}
+    lat, started, route = np.array(lat_s) * 1000, np.array(started_s), np.array(routes)
+    slow = lat > 2 * np.percentile(lat, 50)
+    runs = 0
+    for k in range(processes):
+        times = np.sort(started[slow & (route == k)])
+        runs += int(len(times) > 0) + int(np.sum(np.diff(times) > gap_s))
+    out = {"slow_share": round(float(slow.mean()), 4), "stalls_per_s": round(runs / window_s, 2)}
+    if processes > 1:
+        out["p99_ms_per_process"] = [round(float(np.percentile(lat[route == k], 99)), 2) if np.any(route == k)
+                                     else None for k in range(processes)]
+    return out
+
+
 async def channels_per_process(address: str) -> list[grpc.aio.Channel]:
     """One connection to each server process, as ``RecommenderClient(balance=True)`` opens them."""
     finder = ProcessFinder()
@@ -129,6 +152,8 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
     counter = iter(range(1 << 62))
     turn = iter(range(1 << 62))
     lat: list[float] = []
+    started: list[float] = []  # send times and processes of the calls in lat (for stalls())
+    routed: list[int] = []
     errors: dict[str, int] = {}
     personalized = [0]
     loop = asyncio.get_running_loop()
@@ -153,6 +178,8 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
             if window["start"] <= t0 < window["end"]:
                 if code == "OK":
                     lat.append(t1 - t0)
+                    started.append(t0)
+                    routed.append(route if balance else 0)
                     personalized[0] += bool(getattr(resp, "personalized", False))
                 else:
                     errors[code] = errors.get(code, 0) + 1
@@ -185,6 +212,7 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
     out.update(personalized_share=round(personalized[0] / max(len(lat), 1), 3) if method == "Recommend" else None)
     if balance:
         out["calls_per_process"] = routes.calls
+    out.update(stalls(started, lat, routed, len(calls) if balance else 1, window["end"] - window["start"]))
     return out
 
 
@@ -360,7 +388,7 @@ def parse_server(spec: str) -> tuple[int, dict[str, int], dict[str, str]]:
 
 def median_of(runs: list[dict]) -> dict:
     keys = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "qps", "client_cores", "server_cores", "other_cores",
-            "server_cpu_ms_per_req", "client_cpu_ms_per_req")
+            "server_cpu_ms_per_req", "client_cpu_ms_per_req", "slow_share", "stalls_per_s")
     out = {k: round(float(np.median([r[k] for r in runs])), 3) for k in keys if all(k in r for r in runs)}
     errors: dict[str, int] = {}
     for r in runs:
@@ -463,7 +491,8 @@ def main() -> None:
                         r["loadavg_1m"] = loadavg()[0]
                         runs[method, routing].append(r)
                         print(f"[{name}] {method} C={c} connections={conns or c} routing={routing} rep {rep + 1}: "
-                              f"p50 {r['p50_ms']} p99 {r['p99_ms']} ms, {r['qps']} QPS, errors {r['errors']}, "
+                              f"p50 {r['p50_ms']} p99 {r['p99_ms']} ms, {r['qps']} QPS, {r.get('stalls_per_s')} stalls/s, "
+                              f"errors {r['errors']}, "
                               f"load {r['loadavg_1m']}", file=sys.stderr)
                 for (method, routing), rs in runs.items():
                     result["load"].append({"server": name, "processes": processes, "quotas": quotas or "default",
@@ -541,7 +570,7 @@ def report(result: dict, out: str | None) -> None:
                      "C": r["concurrency"], "conns": r.get("connections", r["concurrency"]), "p50_ms": r["p50_ms"],
                      "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "qps": r["qps"],
                      "errors": sum(r["errors"].values()),
-                     "p50/GetInfo": round(r["p50_ms"] / base[setup(r)], 1),
+                     "p50/GetInfo": round(r["p50_ms"] / base[setup(r)], 1), "stalls/s": r.get("stalls_per_s", ""),
                      **cpu_columns(r)})
     print(render(rows))
     if result["open_loop"]:
