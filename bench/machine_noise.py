@@ -46,8 +46,9 @@ HUGE = 2 << 20  # a transparent huge page, and the host's unit of memory
 MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15  # <linux/mman.h>
 
 
-def _buffer(mb: int, huge: bool) -> tuple[mmap.mmap, np.ndarray]:
-    """``mb`` MiB of private memory, 2 MiB aligned, in huge pages or in 4 KiB pages, written once."""
+def _buffer(mb: int, huge: bool) -> np.ndarray:
+    """``mb`` MiB of private memory, 2 MiB aligned, in huge pages or in 4 KiB pages, written once;
+    the array holds the mapping (unmapped when the array goes)."""
     m = mmap.mmap(-1, (mb << 20) + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     whole = np.frombuffer(m, dtype=np.uint8)
     skip = -whole.ctypes.data % HUGE
@@ -56,14 +57,13 @@ def _buffer(mb: int, huge: bool) -> tuple[mmap.mmap, np.ndarray]:
     libc.madvise(ctypes.c_void_p(buf.ctypes.data), ctypes.c_size_t(mb << 20),
                  MADV_HUGEPAGE if huge else MADV_NOHUGEPAGE)  # advice only: THP "never" still gives 4 KiB
     buf[:] = 1
-    return m, buf
+    return buf
 
 
 def cold_touch(mb: int, idle_seconds: float, huge: bool, rounds: int = 3) -> dict:
     """Milliseconds to read one byte of every 4 KiB page of ``mb`` MiB, right after reading them
     (hot) and after leaving them alone for ``idle_seconds`` (cold); medians of ``rounds``."""
-    _, buf = _buffer(mb, huge)  # unmapped when the function's arrays go
-    pages = buf[::4096]
+    pages = _buffer(mb, huge)[::4096]
 
     def sweep() -> float:
         t = time.perf_counter()
