@@ -41,6 +41,15 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The servers get the environment this bench was started with; the gRPC setting below is the
+# client's alone. On 2 cores the load generator takes its CPU from the servers it measures, and
+# grpcio's event-engine client costs ~0.13 ms more CPU per call than the older client stack
+# (0.44 vs 0.31 ms per Recommend, docs/benchmarks.md, nineteenth session). Set GRPC_EXPERIMENTS
+# yourself to override.
+CLIENT_GRPC_EXPERIMENTS = "-event_engine_client"
+SERVER_ENV = dict(os.environ)
+if __name__ == "__main__":  # the bench's own process, not a test importing its functions
+    os.environ.setdefault("GRPC_EXPERIMENTS", CLIENT_GRPC_EXPERIMENTS)
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -472,7 +481,8 @@ def main() -> None:
     result = {"machine": machine(), "workspace": str(ws), "args": vars(args), "load": [], "open_loop": [], "freshness": []}
 
     for n_setup, (name, processes, quotas, settings) in enumerate(setups):
-        server = None if args.address else ServerProcess(ws, processes, quotas, Path(args.log_dir), settings=settings)
+        server = None if args.address else ServerProcess(ws, processes, quotas, Path(args.log_dir), settings=settings,
+                                                          env=SERVER_ENV)
         address = args.address or server.start()
         pids = (lambda: []) if server is None else server.pids
         try:
@@ -541,7 +551,8 @@ def machine() -> dict:
     root = Path(__file__).resolve().parents[1]
     git = lambda *a: sp.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()  # noqa: E731 - read-only
     return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-            "grpcio": grpc.__version__, "commit": git("rev-parse", "--short", "HEAD"),
+            "grpcio": grpc.__version__, "client_grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""),
+            "commit": git("rev-parse", "--short", "HEAD"),
             "uncommitted_files": git("status", "--short").splitlines(),
             "note": "client (this process) and server processes share the same cores"}
 

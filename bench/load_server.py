@@ -90,8 +90,9 @@ class ServerProcess:
     """``shoprec serve`` with N processes on a free loopback port; ``start()`` waits for SERVING."""
 
     def __init__(self, ws: Path, processes: int, quotas: dict[str, int], log_dir: Path, startup_timeout: float = 600,
-                 settings: dict[str, str] | None = None):
+                 settings: dict[str, str] | None = None, env: dict[str, str] | None = None):
         self.ws, self.processes, self.quotas, self.settings = ws, processes, quotas, settings or {}
+        self.base_env = dict(os.environ if env is None else env)  # before the serving settings
         self.startup_timeout = startup_timeout
         log_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -110,15 +111,20 @@ class ServerProcess:
             raise SystemExit("`shoprec serve` cannot set quotas (no SHOPREC_SERVE_* settings) in this version")
         return cmd
 
-    def start(self) -> str:
+    def environment(self) -> tuple[dict[str, str], str | None]:
+        """The server's environment, and the checkout it runs from (None: this one)."""
         settings = dict(self.settings)
         # code=DIR: serve another checkout of shoprec (e.g. a git worktree of an older commit)
         # with this virtualenv, for a before/after comparison in one run.
         code = settings.pop("code", None)
-        env = dict(os.environ, **{f"SHOPREC_SERVE_QUOTAS__{k.upper()}": str(v) for k, v in self.quotas.items()},
+        env = dict(self.base_env, **{f"SHOPREC_SERVE_QUOTAS__{k.upper()}": str(v) for k, v in self.quotas.items()},
                    **{f"SHOPREC_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
         if code:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, env.get("PYTHONPATH")]))
+        return env, code
+
+    def start(self) -> str:
+        env, code = self.environment()
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(self._command(), env=env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, cwd=code or Path(__file__).resolve().parents[1])

@@ -1,0 +1,38 @@
+"""bench/load.py's gRPC setting is the load generator's own: the servers it starts do not inherit it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.load_server import ServerProcess  # noqa: E402
+
+
+def test_server_environment_is_the_given_one_plus_serving_settings(tmp_path):
+    server = ServerProcess(tmp_path, 2, {"two_tower": 520}, tmp_path / "logs", settings={"ranker": "dcn"},
+                           env={"PATH": "/usr/bin", "KEEP": "1"})
+    env, code = server.environment()
+    assert env == {"PATH": "/usr/bin", "KEEP": "1", "SHOPREC_SERVE_QUOTAS__TWO_TOWER": "520",
+                   "SHOPREC_SERVE_RANKER": "dcn"}
+    assert code is None
+
+
+def test_code_setting_serves_another_checkout(tmp_path):
+    server = ServerProcess(tmp_path, 1, {}, tmp_path / "logs", settings={"code": "/src/old"},
+                           env={"PYTHONPATH": "/x"})
+    env, code = server.environment()
+    assert code == "/src/old" and env["PYTHONPATH"] == os.pathsep.join(["/src/old", "/x"])
+    assert "SHOPREC_SERVE_CODE" not in env
+
+
+def test_importing_the_bench_leaves_grpc_settings_alone():
+    # Only the bench's own process switches its gRPC client stack; a test (or tool) importing
+    # its functions keeps the gRPC it was started with.
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    probe = "import os, bench.load as b; print(os.environ.get('GRPC_EXPERIMENTS'), 'GRPC_EXPERIMENTS' in b.SERVER_ENV)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "False"]
