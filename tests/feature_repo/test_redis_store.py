@@ -147,6 +147,21 @@ def test_serving_reader_equals_the_sdk_read(which, redis_store, sqlite_store, us
     assert reader.read_many(mixed)[0]["recent_items"] and reader.read_many([]) == []
 
 
+@pytest.mark.parametrize("which", ["redis", "sqlite"])
+def test_serving_reader_answers_the_same_on_every_call(which, redis_store, sqlite_store, users):
+    # A server reads with one reader for its whole life: the 300th read must be the first one's
+    # equal, with exactly the reader's features (Feast's Redis store appends a timestamp field
+    # to the feature list it is given; the reader must not hand it its own).
+    store = redis_store if which == "redis" else sqlite_store
+    reader = OnlineRowReader(store, SERVICE, "user_id")
+    planned = [list(names) for _, names in reader.tables]
+    first = reader.read(users[0])
+    for _ in range(300):
+        last = reader.read(users[0])
+    assert last == first and list(last) == reader.feature_names
+    assert [names for _, names in reader.tables] == planned
+
+
 def test_materialize_twice_is_idempotent(redis_store, redis_ws, redis_url, tables, users):
     client = _redis_client(_db(redis_url, DB_MAIN))
     before_keys, before = client.dbsize(), _read(redis_store, users)
