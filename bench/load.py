@@ -43,8 +43,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # The servers get the environment this bench was started with; the gRPC setting below is the
 # client's alone. On 2 cores the load generator takes its CPU from the servers it measures, and
-# grpcio's event-engine client costs ~0.13 ms more CPU per call than the older client stack
-# (0.44 vs 0.31 ms per Recommend, docs/benchmarks.md, nineteenth session). Set GRPC_EXPERIMENTS
+# grpcio's event-engine client costs ~0.11 ms more CPU per call than the older client stack
+# (0.41 vs 0.30 ms per Recommend, docs/benchmarks.md, nineteenth session). Set GRPC_EXPERIMENTS
 # yourself to override.
 CLIENT_GRPC_EXPERIMENTS = "-event_engine_client"
 SERVER_ENV = dict(os.environ)
