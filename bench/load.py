@@ -478,13 +478,17 @@ def main() -> None:
                                             entity_rows=[{"user_id": user}]).to_dict()
             return list(row["recent_items"][0] or [])
     repeatable = repeat_purchase_items(ws) if args.fresh_users and not args.address else frozenset()
-    result = {"machine": machine(), "workspace": str(ws), "args": vars(args), "load": [], "open_loop": [], "freshness": []}
+    result = {"machine": machine(), "workspace": str(ws), "args": vars(args), "starts": [], "load": [],
+              "open_loop": [], "freshness": []}
 
     for n_setup, (name, processes, quotas, settings) in enumerate(setups):
         server = None if args.address else ServerProcess(ws, processes, quotas, Path(args.log_dir), settings=settings,
                                                           env=SERVER_ENV)
         address = args.address or server.start()
         pids = (lambda: []) if server is None else server.pids
+        if server is not None:
+            result["starts"].append({"server": name, "seconds": server.startup_seconds, "log": str(server.log),
+                                     "lines": server.startup_lines()})
         try:
             # A fresh server's first seconds are slow (first reads of each process, lazy imports,
             # page cache): load it untimed before the first window.
@@ -582,8 +586,12 @@ def report(result: dict, out: str | None) -> None:
                      "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "qps": r["qps"],
                      "errors": sum(r["errors"].values()),
                      "p50/GetInfo": round(r["p50_ms"] / base[setup(r)], 1), "stalls/s": r.get("stalls_per_s", ""),
+                     "p99/process": " + ".join(map(str, r.get("p99_ms_per_process", []))),
                      **cpu_columns(r)})
     print(render(rows))
+    if result.get("starts"):
+        print(render([{"server": st["server"], "startup_s": st["seconds"], "log": st["log"]}
+                      for st in result["starts"]]))
     if result["open_loop"]:
         print(render([{"server": r["server"], "offered_qps": r["offered_qps"], "p50_ms": r["p50_ms"],
                        "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "qps": r["qps"],

@@ -98,6 +98,7 @@ class ServerProcess:
         self.port = free_port()
         self.log = log_dir / f"serve-{self.port}.log"
         self.proc: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None  # from launch to every process serving
 
     def _command(self) -> list[str]:
         shoprec = str(Path(sys.executable).with_name("shoprec"))
@@ -124,6 +125,16 @@ class ServerProcess:
         return env, code
 
     def start(self) -> str:
+        started = time.monotonic()
+        address = self._start()
+        self.startup_seconds = round(time.monotonic() - started, 1)
+        return address
+
+    def startup_lines(self) -> list[str]:
+        """What `shoprec serve` said while starting: each process's ready line (with its pid)."""
+        return [line for line in self.log.read_text().splitlines() if " serving on " in line]
+
+    def _start(self) -> str:
         env, code = self.environment()
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(self._command(), env=env, stdout=log, stderr=subprocess.STDOUT,
