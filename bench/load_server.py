@@ -124,17 +124,12 @@ class ServerProcess:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, env.get("PYTHONPATH")]))
         return env, code
 
-    def start(self) -> str:
-        started = time.monotonic()
-        address = self._start()
-        self.startup_seconds = round(time.monotonic() - started, 1)
-        return address
-
     def startup_lines(self) -> list[str]:
-        """What `shoprec serve` said while starting: each process's ready line (with its pid)."""
+        """What `shoprec serve` said while starting: each process's ready line (with its pid) and its own."""
         return [line for line in self.log.read_text().splitlines() if " serving on " in line]
 
-    def _start(self) -> str:
+    def start(self) -> str:
+        started = time.monotonic()
         env, code = self.environment()
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(self._command(), env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -147,6 +142,7 @@ class ServerProcess:
                                  + "\n".join(self.log.read_text().splitlines()[-20:]))
             if "shoprec serving on" in self.log.read_text() and listeners(self.port) >= self.processes \
                     and _healthy(address):
+                self.startup_seconds = round(time.monotonic() - started, 1)
                 return address
             time.sleep(0.5)
         self.stop()
