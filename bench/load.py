@@ -227,14 +227,25 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
 
 async def open_loop(address: str, requests: list, rate: float, warmup_s: float, duration_s: float,
                     deadline_s: float, server_pids=lambda: [], channels_n: int = 8, max_in_flight: int = 256,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, balance: bool = False) -> dict:
     """Poisson arrivals at ``rate`` per second, whatever the server's speed (a shop's traffic does
     not wait for the previous answer). Latency counts from the scheduled send time, so a client
     or server that falls behind shows up in the percentiles instead of slowing the arrivals.
-    Arrivals beyond ``max_in_flight`` outstanding calls are counted as shed, not sent."""
-    channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(channels_n)]
+    Arrivals beyond ``max_in_flight`` outstanding calls are counted as shed, not sent.
+
+    Without ``balance`` the calls take ``channels_n`` connections in turn, wherever SO_REUSEPORT
+    put them: 8 connections over 2 processes are split 7 + 1 about one time in fourteen, and
+    then one process gets 7/8 of the traffic. With it, as in ``load_run``: one connection per
+    process, each call to the one with fewer in flight."""
+    if balance:
+        channels = await channels_per_process(address)
+    else:
+        channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(channels_n)]
     await asyncio.gather(*(c.channel_ready() for c in channels))
     calls = [pb_grpc.RecommenderStub(c).Recommend for c in channels]
+    routes = LeastBusy(len(calls))
+    started: list[float] = []  # scheduled send times and processes of the calls in lat (for stalls())
+    routed: list[int] = []
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
     start = loop.time() + warmup_s
@@ -245,14 +256,20 @@ async def open_loop(address: str, requests: list, rate: float, warmup_s: float, 
     tasks: set[asyncio.Task] = set()
 
     async def one(n: int, t_sched: float) -> None:
+        route = routes.take() if balance else n % len(calls)
         try:
-            await calls[n % channels_n](requests[n % len(requests)], timeout=deadline_s)
+            await calls[route](requests[n % len(requests)], timeout=deadline_s)
             code = "OK"
         except grpc.aio.AioRpcError as e:
             code = e.code().name
+        finally:
+            if balance:
+                routes.done(route)
         if t_sched >= start:
             if code == "OK":
                 lat.append(loop.time() - t_sched)
+                started.append(t_sched)
+                routed.append(route if balance else 0)
             else:
                 errors[code] = errors.get(code, 0) + 1
 
@@ -275,7 +292,10 @@ async def open_loop(address: str, requests: list, rate: float, warmup_s: float, 
     out = summary(lat, duration_s, errors)
     out.update(cpu)
     per_request_cpu(out)
-    out.update(offered_qps=rate, shed=shed[0])
+    out.update(offered_qps=rate, shed=shed[0], routing="least-busy" if balance else "connection")
+    if balance:
+        out["calls_per_process"] = routes.calls
+    out.update(stalls(started, lat, routed, len(calls) if balance else 1, duration_s))
     return out
 
 
@@ -407,6 +427,10 @@ def median_of(runs: list[dict]) -> dict:
                loadavg_1m=[min(r["loadavg_1m"] for r in runs), max(r["loadavg_1m"] for r in runs)])
     if runs[0].get("per_process_cores"):
         out["per_process_cores"] = runs[len(runs) // 2]["per_process_cores"]
+    per_process = [r["p99_ms_per_process"] for r in runs if r.get("p99_ms_per_process")]
+    if per_process and len({len(p) for p in per_process}) == 1:  # process k's median over the repeats
+        out["p99_ms_per_process"] = [None if None in ps else round(float(np.median(ps)), 2)
+                                     for ps in zip(*per_process)]
     return out
 
 
@@ -512,18 +536,20 @@ def main() -> None:
                     result["load"].append({"server": name, "processes": processes, "quotas": quotas or "default",
                                            "method": method, "routing": routing, "concurrency": c,
                                            "connections": conns or c, **median_of(rs), "runs": rs})
-            for rate in args.rates:
+            for rate, routing in [(rate, routing) for rate in args.rates for routing in args.routing]:
                 rs = []
                 for rep in range(args.repeats):
                     r = asyncio.run(open_loop(address, requests["Recommend"], rate, args.warmup, args.duration,
-                                              args.deadline, pids, seed=args.seed + rep))
+                                              args.deadline, pids, seed=args.seed + rep,
+                                              balance=routing == "least-busy"))
                     r["loadavg_1m"] = loadavg()[0]
                     rs.append(r)
-                    print(f"[{name}] open loop {rate}/s rep {rep + 1}: p50 {r['p50_ms']} p99 {r['p99_ms']} ms, "
+                    print(f"[{name}] open loop {rate}/s routing={routing} rep {rep + 1}: "
+                          f"p50 {r['p50_ms']} p99 {r['p99_ms']} ms, "
                           f"{r['qps']} QPS, errors {r['errors']}, shed {r['shed']}, load {r['loadavg_1m']}",
                           file=sys.stderr)
                 result["open_loop"].append({"server": name, "processes": processes, "quotas": quotas or "default",
-                                            "offered_qps": rate, **median_of(rs),
+                                            "offered_qps": rate, "routing": routing, **median_of(rs),
                                             "shed": sum(r["shed"] for r in rs), "runs": rs})
             for k_fresh, event in enumerate(args.fresh_events.split(",") if args.fresh_users else []):
                 for under_load in ([0, args.fresh_load] if args.fresh_load else [0]):
@@ -593,9 +619,10 @@ def report(result: dict, out: str | None) -> None:
         print(render([{"server": st["server"], "startup_s": st["seconds"], "log": st["log"]}
                       for st in result["starts"]]))
     if result["open_loop"]:
-        print(render([{"server": r["server"], "offered_qps": r["offered_qps"], "p50_ms": r["p50_ms"],
-                       "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "qps": r["qps"],
-                       "errors": sum(r["errors"].values()), "shed": r["shed"], **cpu_columns(r)}
+        print(render([{"server": r["server"], "offered_qps": r["offered_qps"], "routing": r.get("routing", ""),
+                       "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "qps": r["qps"],
+                       "errors": sum(r["errors"].values()), "shed": r["shed"], "stalls/s": r.get("stalls_per_s", ""),
+                       "p99/process": " + ".join(map(str, r.get("p99_ms_per_process", []))), **cpu_columns(r)}
                       for r in result["open_loop"]]))
     if result["freshness"]:
         print(render([{"server": f["server"], "event": f["event"], "bg_C": f["background_concurrency"],

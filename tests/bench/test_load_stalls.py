@@ -45,3 +45,15 @@ def test_one_connection_per_coroutine_reports_no_per_process_split():
     shape = stalls(started, lat, [0] * len(route), processes=1, window_s=10.0)
     assert "p99_ms_per_process" not in shape and shape["stalls_per_s"] > 0
     assert stalls([], [], [], processes=2, window_s=10.0) == {}
+
+
+def test_the_median_of_repeats_keeps_each_process_p99():
+    from bench.load import median_of
+
+    def run(p99s: list) -> dict:
+        return {"p50_ms": 8.0, "p90_ms": 10.0, "p99_ms": max(p99s), "qps": 900.0, "n": 100, "errors": {},
+                "loadavg_1m": 2.0, "p99_ms_per_process": p99s}
+
+    out = median_of([run([12.0, 20.0]), run([14.0, 22.0]), run([13.0, 30.0])])
+    assert out["p99_ms_per_process"] == [13.0, 22.0]  # per process, not the windows' p99
+    assert "p99_ms_per_process" not in median_of([{**run([1.0]), "p99_ms_per_process": None}])
