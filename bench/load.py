@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import json
 import os
@@ -139,7 +140,8 @@ async def channels_per_process(address: str) -> list[grpc.aio.Channel]:
 
 async def load_run(address: str, method: str, requests: list, concurrency: int, warmup_s: float,
                    duration_s: float, max_requests: int, deadline_s: float, server_pids=lambda: [],
-                   stop: asyncio.Event | None = None, connections: int = 0, balance: bool = False) -> dict:
+                   stop: asyncio.Event | None = None, connections: int = 0, balance: bool = False,
+                   cap: int = 0) -> dict:
     """One measured window at fixed concurrency; ``method``: "Recommend", "GetInfo" or "RecordEvents".
 
     ``connections``: 0 gives each coroutine a connection of its own; N > 0 opens N and sends
@@ -148,6 +150,8 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
     ``balance``: instead, one connection per server process and each request to the process
     with the fewest requests in flight (serving/client.py's balancing client).
     With ``stop``, the window lasts until it is set (background load for the freshness test).
+    ``cap`` (with ``balance``): at most this many calls in flight per process; the others wait in
+    the client, and their latency counts from before the wait.
     """
     pooled = connections > 0 and not balance
     if balance:
@@ -169,12 +173,26 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
     window = {"start": loop.time() + warmup_s, "end": float("inf")}
     done = asyncio.Event()
 
+    waiting: collections.deque[asyncio.Future] = collections.deque()  # first come, first served
+
+    async def take() -> int:
+        if cap and (waiting or min(routes.in_flight) >= cap):
+            slot = loop.create_future()
+            waiting.append(slot)
+            return await slot  # done() hands the freed process over
+        return routes.take()
+
+    def release(route: int) -> None:
+        routes.done(route)
+        if waiting:
+            waiting.popleft().set_result(routes.take())
+
     async def worker(own_call) -> None:
         while not done.is_set():
             req = requests[next(counter) % len(requests)]
-            route = routes.take() if balance else None
-            call = calls[route] if balance else calls[next(turn) % len(calls)] if pooled else own_call
             t0 = loop.time()
+            route = await take() if balance else None
+            call = calls[route] if balance else calls[next(turn) % len(calls)] if pooled else own_call
             try:
                 resp = await call(req, timeout=deadline_s)
                 code = "OK"
@@ -182,7 +200,7 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
                 code = e.code().name
             finally:
                 if balance:
-                    routes.done(route)
+                    release(route)
             t1 = loop.time()
             if window["start"] <= t0 < window["end"]:
                 if code == "OK":
@@ -446,10 +464,14 @@ def main() -> None:
     p.add_argument("--connections", nargs="+", type=int, default=[0],
                    help="TCP connections of the client: 0 = one per coroutine (the default), N = a pool of N "
                         "used in turn; each value is a window of its own")
-    p.add_argument("--routing", nargs="+", choices=["connection", "least-busy"], default=["connection"],
+    p.add_argument("--routing", nargs="+", choices=["connection", "least-busy", "least-busy-1", "least-busy-2",
+                                                    "least-busy-3"], default=["connection"],
                    help="how Recommend calls reach the server processes, each a window of its own: connection = "
                         "where the kernel put each connection (SO_REUSEPORT), least-busy = the balancing client "
-                        "(one connection per process, each call to the one with fewer in flight)")
+                        "(one connection per process, each call to the one with fewer in flight); least-busy-N "
+                        "= the same with at most N calls in flight per process, the rest waiting in the client "
+                        "(first come, first served; the wait counts in the latency). Open-loop windows take "
+                        "least-busy or connection")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds not measured, per window")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per window")
     p.add_argument("--rates", nargs="*", type=float, default=[],
@@ -525,7 +547,9 @@ def main() -> None:
                     for method, routing in windows:  # baseline alternates with the targets
                         r = asyncio.run(load_run(address, method, requests[method], c, args.warmup, args.duration,
                                                  args.requests, args.deadline, pids, connections=conns,
-                                                 balance=routing == "least-busy"))
+                                                 balance=routing.startswith("least-busy"),
+                                                 cap=int(routing[len("least-busy-"):] or 0)
+                                                 if routing.startswith("least-busy-") else 0))
                         r["loadavg_1m"] = loadavg()[0]
                         runs[method, routing].append(r)
                         print(f"[{name}] {method} C={c} connections={conns or c} routing={routing} rep {rep + 1}: "
@@ -541,7 +565,7 @@ def main() -> None:
                 for rep in range(args.repeats):
                     r = asyncio.run(open_loop(address, requests["Recommend"], rate, args.warmup, args.duration,
                                               args.deadline, pids, seed=args.seed + rep,
-                                              balance=routing == "least-busy"))
+                                              balance=routing.startswith("least-busy")))
                     r["loadavg_1m"] = loadavg()[0]
                     rs.append(r)
                     print(f"[{name}] open loop {rate}/s routing={routing} rep {rep + 1}: "
