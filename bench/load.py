@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import gc
 import json
 import os
@@ -161,7 +160,7 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
                     for _ in range(connections if pooled else concurrency)]
     await asyncio.gather(*(c.channel_ready() for c in channels))
     calls = [getattr(pb_grpc.RecommenderStub(c), method) for c in channels]
-    routes = LeastBusy(len(calls))
+    routes = LeastBusy(len(calls), cap)
     counter = iter(range(1 << 62))
     turn = iter(range(1 << 62))
     lat: list[float] = []
@@ -173,19 +172,10 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
     window = {"start": loop.time() + warmup_s, "end": float("inf")}
     done = asyncio.Event()
 
-    waiting: collections.deque[asyncio.Future] = collections.deque()  # first come, first served
-
-    async def take() -> int:
-        if cap and (waiting or min(routes.in_flight) >= cap):
-            slot = loop.create_future()
-            waiting.append(slot)
-            return await slot  # done() hands the freed process over
-        return routes.take()
-
-    def release(route: int) -> None:
-        routes.done(route)
-        if waiting:
-            waiting.popleft().set_result(routes.take())
+    async def take() -> int:  # the balancing client's routing, cap and queue, on futures
+        slot = loop.create_future()
+        route = routes.take_or_queue(slot.set_result)
+        return route if route is not None else await slot  # done() hands the freed process over
 
     async def worker(own_call) -> None:
         while not done.is_set():
@@ -200,7 +190,7 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
                 code = e.code().name
             finally:
                 if balance:
-                    release(route)
+                    routes.done(route)
             t1 = loop.time()
             if window["start"] <= t0 < window["end"]:
                 if code == "OK":
@@ -239,6 +229,8 @@ async def load_run(address: str, method: str, requests: list, concurrency: int, 
     out.update(personalized_share=round(personalized[0] / max(len(lat), 1), 3) if method == "Recommend" else None)
     if balance:
         out["calls_per_process"] = routes.calls
+        if cap:  # how often the cap made a call wait in the client
+            out["waited_share"] = round(routes.waited / max(sum(routes.calls), 1), 3)
     out.update(stalls(started, lat, routed, len(calls) if balance else 1, window["end"] - window["start"]))
     return out
 

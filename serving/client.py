@@ -7,9 +7,12 @@ idles (measured: p99 twice as high when 8 connections split 6 + 2). A balancing 
 connections until GetInfo has named each process once, keeps one per process, and sends every
 call to the process with the fewest of its calls in flight (docs/benchmarks.md: at 8 calls in
 flight on the default preset, p99 12.4-13.9 ms against 14.9-19.3 ms in the same run).
+``max_in_flight_per_process`` also caps the calls in flight per process: the rest wait in the
+client and go to the first process that frees up (``LeastBusy``).
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -30,28 +33,104 @@ TRIES_PER_PROCESS = 8  # new connections tried per server process: all found unl
 
 class LeastBusy:
     """Which of n routes the next call takes: the one with the fewest calls in flight, ties in
-    turn. Thread-safe; ``take()`` a route, ``done(route)`` when its call has ended."""
+    turn. Thread-safe; ``take()`` a route, ``done(route)`` when its call has ended.
 
-    def __init__(self, n: int):
+    ``cap`` > 0: at most this many calls in flight per route. A call that finds every route full
+    waits in the client, first come first served, and the first route to free up is handed to
+    it (``acquire`` for threads, ``take_or_queue`` for callbacks). Waiting in the client instead
+    of in one process's queue lets a call go to whichever process finishes first: measured in
+    docs/benchmarks.md, at 8 calls in flight over 2 processes a cap of 2 cut p99 without losing
+    throughput."""
+
+    def __init__(self, n: int, cap: int = 0):
         if n < 1:
             raise ValueError(f"LeastBusy needs at least one route; got {n}")
+        if cap < 0:
+            raise ValueError(f"LeastBusy cap must be 0 (none) or a positive number of calls per route; got {cap}")
         self.in_flight = [0] * n
         self.calls = [0] * n  # calls sent per route (for tests and logs)
+        self.cap = cap
+        self.waited = 0  # calls that had to wait for a route (for tests and logs)
+        self.peak = 0  # most calls ever in flight on one route
+        self._waiting: collections.deque = collections.deque()  # hand(route) callbacks, oldest first
         self._next = 0
         self._lock = threading.Lock()
 
+    def _take(self) -> int:
+        n = len(self.in_flight)
+        best = min(range(self._next, self._next + n), key=lambda j: self.in_flight[j % n]) % n
+        self._next = (best + 1) % n
+        self.in_flight[best] += 1
+        self.calls[best] += 1
+        self.peak = max(self.peak, self.in_flight[best])
+        return best
+
     def take(self) -> int:
+        """A route now, whatever the cap (for callers that do not wait)."""
         with self._lock:
-            n = len(self.in_flight)
-            best = min(range(self._next, self._next + n), key=lambda j: self.in_flight[j % n]) % n
-            self._next = (best + 1) % n
-            self.in_flight[best] += 1
-            self.calls[best] += 1
-            return best
+            return self._take()
+
+    def take_or_queue(self, hand) -> int | None:
+        """A route now, or None and ``hand(route)`` is called (from ``done``) when one frees up.
+        Queued callers are served in order, and a new call never overtakes them."""
+        with self._lock:
+            if self.cap and (self._waiting or min(self.in_flight) >= self.cap):
+                self.waited += 1
+                self._waiting.append(hand)
+                return None
+            return self._take()
+
+    def withdraw(self, hand) -> bool:
+        """Take ``hand`` out of the queue; False if a route was already handed to it (or is
+        being handed: then the caller owns that route and must ``done`` it)."""
+        with self._lock:
+            try:
+                self._waiting.remove(hand)
+                return True
+            except ValueError:
+                return False
+
+    def acquire(self, timeout: float) -> int:
+        """A route, waiting up to ``timeout`` seconds for one to free up; ``WaitedTooLong`` if none did."""
+        handed: list[int] = []
+        ready = threading.Event()
+
+        def hand(route: int) -> None:
+            handed.append(route)
+            ready.set()
+
+        route = self.take_or_queue(hand)
+        if route is not None:
+            return route
+        if not ready.wait(timeout) and self.withdraw(hand):
+            raise WaitedTooLong(timeout, len(self.in_flight), self.cap)
+        ready.wait()  # handed (or being handed) at the deadline: it is ours
+        return handed[0]
 
     def done(self, route: int) -> None:
         with self._lock:
             self.in_flight[route] -= 1
+            if not self._waiting:
+                return
+            hand, route = self._waiting.popleft(), self._take()
+        hand(route)
+
+
+class WaitedTooLong(grpc.RpcError):
+    """No server process had room for the call within its deadline (``cap`` calls in flight on
+    each the whole time). An ``RpcError`` with DEADLINE_EXCEEDED, as if the server had been slow."""
+
+    def __init__(self, timeout: float, processes: int, cap: int):
+        super().__init__(f"waited {timeout:.3g} s in the client for a server process with fewer than {cap} calls "
+                         f"in flight (all {processes} stayed full); raise max_in_flight_per_process or the timeout, "
+                         f"or add server processes")
+        self._details = str(self)
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return self._details
 
 
 class ProcessFinder:
@@ -108,8 +187,8 @@ class _Connections:
     routes: LeastBusy
 
     @classmethod
-    def over(cls, channels: list[grpc.Channel]) -> "_Connections":
-        return cls(channels, [pb_grpc.RecommenderStub(c) for c in channels], LeastBusy(len(channels)))
+    def over(cls, channels: list[grpc.Channel], cap: int = 0) -> "_Connections":
+        return cls(channels, [pb_grpc.RecommenderStub(c) for c in channels], LeastBusy(len(channels), cap))
 
     def close(self) -> None:
         for channel in self.channels:
@@ -124,13 +203,23 @@ class RecommenderClient:
     balancing client checks every ``recheck_seconds`` (after a call) that its connections still
     reach different processes: a connection that reconnected, e.g. after a server restart, may
     have landed on another one, and then the client connects anew.
+
+    ``max_in_flight_per_process`` (with ``balance``; 0 = no cap): at most this many of the
+    client's calls in flight on each process; the others wait in the client, first come first
+    served, within their deadline (``LeastBusy``). The cap is per client: several backends each
+    with a client can together send a process more.
     """
 
-    def __init__(self, address: str, timeout: float = 5.0, balance: bool = False, recheck_seconds: float = 30.0):
+    def __init__(self, address: str, timeout: float = 5.0, balance: bool = False, recheck_seconds: float = 30.0,
+                 max_in_flight_per_process: int = 0):
+        if max_in_flight_per_process and not balance:
+            raise ValueError("max_in_flight_per_process needs balance=True (the cap is per server process, and "
+                             "only a balancing client knows the processes)")
         self.address, self.timeout, self.balance = address, timeout, balance
         self.recheck_seconds = recheck_seconds
+        self.cap = max_in_flight_per_process
         self._conns = _Connections.over(connect_per_process(address, timeout) if balance
-                                        else [grpc.insecure_channel(address)])
+                                        else [grpc.insecure_channel(address)], self.cap)
         self._next_check = time.monotonic() + recheck_seconds
         self._checking = threading.Lock()
 
@@ -152,9 +241,13 @@ class RecommenderClient:
 
     def _call(self, method: str, request):
         conns = self._conns
-        route = conns.routes.take()
+        deadline = time.monotonic() + self.timeout
+        route = conns.routes.acquire(self.timeout)
         try:
-            return getattr(conns.stubs[route], method)(request, timeout=self.timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:  # handed a process just as the deadline passed
+                raise WaitedTooLong(self.timeout, len(conns.channels), self.cap)
+            return getattr(conns.stubs[route], method)(request, timeout=left)
         finally:
             conns.routes.done(route)
             if self.balance and time.monotonic() >= self._next_check:
@@ -173,7 +266,7 @@ class RecommenderClient:
                 infos = [stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout) for stub in old.stubs]
                 if len({i.process for i in infos}) == len(infos) == max(infos[0].processes, 1):
                     return False
-                self._conns = _Connections.over(connect_per_process(self.address, self.timeout))
+                self._conns = _Connections.over(connect_per_process(self.address, self.timeout), self.cap)
             except grpc.RpcError as e:
                 log.warning("%s: could not check the connections to its server processes (%s); "
                             "checking again in %.0f s", self.address, e.code().name, self.recheck_seconds)

@@ -232,6 +232,13 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
                 pages = list(pool.map(lambda n: client.recommend(str(users[n % 3]), k=5), range(36)))
             assert min(client.routes.calls) >= 6, client.routes.calls
             assert all(p.items == pages[n % 3].items for n, p in enumerate(pages))  # same answer from either
+        with RecommenderClient(group.address, timeout=10, balance=True, max_in_flight_per_process=1) as capped:
+            # 6 threads, 2 processes, one call each at a time: the rest wait in the client, and all answer.
+            with ThreadPoolExecutor(6) as pool:
+                capped_pages = list(pool.map(lambda n: capped.recommend(str(users[n % 3]), k=5), range(36)))
+            assert [p.items for p in capped_pages] == [pages[n % 3].items for n in range(36)]
+            assert capped.routes.peak == 1 and capped.routes.waited > 0, vars(capped.routes)
+            assert min(capped.routes.calls) >= 6, capped.routes.calls
             # A reconnect may put both connections on one process: the next check connects anew.
             client._conns = _Connections.over(_channels_to_one_process(group.address))
             client._next_check = 0.0
