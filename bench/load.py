@@ -462,7 +462,8 @@ def main() -> None:
                         "where the kernel put each connection (SO_REUSEPORT), least-busy = the balancing client "
                         "(one connection per process, each call to the one with fewer in flight); least-busy-N "
                         "= the same with at most N calls in flight per process, the rest waiting in the client "
-                        "(first come, first served; the wait counts in the latency). Open-loop windows take "
+                        "(first come, first served; the wait counts in the latency); least-busy-2 is what "
+                        "RecommenderClient(balance=True) does by default. Open-loop windows take "
                         "least-busy or connection")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds not measured, per window")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per window")

@@ -47,6 +47,7 @@ def test_a_single_process_server_gets_one_route(grpc_server):
         assert len(client.channels) == 1
         assert client.info().processes == 1
         assert client.routes.calls == [1]
+        assert client.routes.cap == 2  # the default cap of a balancing client
         channels = client.channels
         assert client.rebalance() is False and client.channels is channels  # nothing to mend
 
@@ -128,5 +129,7 @@ def test_a_cap_is_for_balancing_clients_only():
 
     with pytest.raises(ValueError, match="balance=True"):
         RecommenderClient("127.0.0.1:1", max_in_flight_per_process=2)
+    with RecommenderClient("127.0.0.1:1") as plain:  # lazy channel: no server needed
+        assert plain.routes.cap == 0  # one channel, nothing to cap
     with pytest.raises(ValueError, match="cap must be"):
         LeastBusy(2, cap=-1)
