@@ -10,7 +10,7 @@ flight on the default preset, p99 12.4-13.9 ms against 14.9-19.3 ms in the same 
 It also holds back calls beyond ``max_in_flight_per_process`` (2 by default) per process: they
 wait in the client and go to whichever process frees up first (``LeastBusy``), instead of
 queueing behind a process that has paused (docs/benchmarks.md, twenty-third session: p99
-0.75-0.95x of the uncapped client's in 14 of 14 server starts, 100k and 1M items, at 0.93-1.07x
+0.75-0.98x of the uncapped client's in 20 of 20 server starts, 100k and 1M items, at 0.93-1.07x
 its QPS).
 """
 from __future__ import annotations
