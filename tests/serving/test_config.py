@@ -239,12 +239,16 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
             assert [p.items for p in capped_pages] == [pages[n % 3].items for n in range(36)]
             assert capped.routes.peak == 1 and capped.routes.waited > 0, vars(capped.routes)
             assert min(capped.routes.calls) >= 6, capped.routes.calls
-            # A reconnect may put both connections on one process: the next check connects anew.
-            client._conns = _Connections.over(_channels_to_one_process(group.address))
-            client._next_check = 0.0
-            client.recommend(str(users[0]), k=5)
+            # A reconnect may put both connections on one process: the next check connects anew,
+            # while the other calls wait for room on the old connections; every call answers.
+            capped._conns = _Connections.over(_channels_to_one_process(group.address), capped.cap)
+            capped._next_check = 0.0
+            with ThreadPoolExecutor(6) as pool:
+                after = list(pool.map(lambda n: capped.recommend(str(users[n % 3]), k=5), range(12)))
+            assert [p.items for p in after] == [pages[n % 3].items for n in range(12)]
             assert sorted(pb_grpc.RecommenderStub(c).GetInfo(pb.GetInfoRequest(), timeout=10).process
-                          for c in client.channels) == [1, 2]
+                          for c in capped.channels) == [1, 2]
+            assert capped.routes.cap == 1  # the new connections keep the client's cap
         os.kill(group.processes[1].pid, signal.SIGKILL)  # a crash while serving is noticed and named
         assert re.match(r"process 2/2 \(pid \d+\) exited with code -9 while serving", group.wait(threading.Event()))
     finally:
