@@ -225,9 +225,8 @@ class RecommenderClient:
             max_in_flight_per_process = DEFAULT_MAX_IN_FLIGHT_PER_PROCESS if balance else 0
         self.address, self.timeout, self.balance = address, timeout, balance
         self.recheck_seconds = recheck_seconds
-        self.cap = max_in_flight_per_process
         self._conns = _Connections.over(connect_per_process(address, timeout) if balance
-                                        else [grpc.insecure_channel(address)], self.cap)
+                                        else [grpc.insecure_channel(address)], max_in_flight_per_process)
         self._next_check = time.monotonic() + recheck_seconds
         self._checking = threading.Lock()
 
@@ -254,7 +253,7 @@ class RecommenderClient:
         try:
             left = deadline - time.monotonic()
             if left <= 0:  # handed a process just as the deadline passed
-                raise WaitedTooLong(self.timeout, len(conns.channels), self.cap)
+                raise WaitedTooLong(self.timeout, len(conns.channels), conns.routes.cap)
             return getattr(conns.stubs[route], method)(request, timeout=left)
         finally:
             conns.routes.done(route)
@@ -274,7 +273,7 @@ class RecommenderClient:
                 infos = [stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout) for stub in old.stubs]
                 if len({i.process for i in infos}) == len(infos) == max(infos[0].processes, 1):
                     return False
-                self._conns = _Connections.over(connect_per_process(self.address, self.timeout), self.cap)
+                self._conns = _Connections.over(connect_per_process(self.address, self.timeout), old.routes.cap)
             except grpc.RpcError as e:
                 log.warning("%s: could not check the connections to its server processes (%s); "
                             "checking again in %.0f s", self.address, e.code().name, self.recheck_seconds)

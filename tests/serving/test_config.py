@@ -241,7 +241,7 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
             assert min(capped.routes.calls) >= 6, capped.routes.calls
             # A reconnect may put both connections on one process: the next check connects anew,
             # while the other calls wait for room on the old connections; every call answers.
-            capped._conns = _Connections.over(_channels_to_one_process(group.address), capped.cap)
+            capped._conns = _Connections.over(_channels_to_one_process(group.address), capped.routes.cap)
             capped._next_check = 0.0
             with ThreadPoolExecutor(6) as pool:
                 after = list(pool.map(lambda n: capped.recommend(str(users[n % 3]), k=5), range(12)))
