@@ -29,10 +29,10 @@ from feature_repo.online_read import OnlineRowReader
 from feature_repo.workspace import Workspace
 from ranking.features import is_member, rank_features
 from retrieval.user_features import activity_vector
-from serving.candidates import Candidates, CandidateSources, Quotas
+from serving.candidates import ALL_SOURCES, Candidates, CandidateSources, Quotas
 from serving.errors import ModelNotLoaded, StoreUnavailable, UnknownItem
 from serving.models import NO_ITEM_IDS, Models, disk_fingerprint
-from serving.rules import Rules, pick_page
+from serving.rules import SLOT_NAMES, Rules, category_cap, pick_item_ranks
 from serving.user_cache import UserRetrieval, UserRetrievalCache
 
 log = logging.getLogger(__name__)
@@ -462,40 +462,39 @@ class Recommender:
         items, ctx, rules, positions = m.items, r.ctx, r.rules, r.positions
         if not len(positions):
             return RecommendResult(r.user_id, [], r.personalized, r.degraded, m.versions)
-        heads = np.zeros((len(positions), 3), dtype=np.float32)
         if r.probs is not None:
             final = r.probs @ m.head_weights
-            for col, src in enumerate(m.head_index):
-                if src >= 0:
-                    heads[:, col] = r.probs[:, src]
         else:  # cold start without context: popularity order (nothing personal to rank with)
             final = 1.0 - np.arange(len(positions), dtype=np.float32) / len(positions)
 
-        order = np.argsort(-final, kind="stable")
-        # The rules read candidates by their row here: arrays aligned with ``positions``.
-        code = items.category_code[positions]
-        recent_code = items.category_mask(items.positions(r.history))  # categories of the recent items
-        new_cut = items.as_of_epoch - self.quotas.new_item_days * 86400
-        cart = items.positions(list(ctx.cart))
-        if ctx.surface == "cart" and len(cart):
-            # Complements first: items from the cart's own categories go after the others (stable).
-            later = items.category_mask(cart)[code[order]]
-            order = np.concatenate([order[~later], order[later]])
-        page, slots = pick_page(
-            order, r.k, code, rules if not ctx.category else
-            Rules(1.0, 0, rules.new_item_slots, rules.repeat_purchase_rate),
-            other_category=~recent_code[code] if recent_code.any() else None,
-            is_new=items.created_epoch[positions] >= new_cut if new_cut > 0 else None)
+        order = np.argsort(-final, kind="stable")  # candidates (indices into positions), best first
+        if ctx.surface == "cart" and ctx.cart:
+            cart = items.positions(list(ctx.cart))
+            if len(cart):
+                # Complements first: items from the cart's own categories go after the others (stable).
+                later = items.category_mask(cart)[items.category_code[positions[order]]]
+                order = np.concatenate([order[~later], order[later]])
+        if ctx.category:  # a category page: no diversity, no cross-category slot
+            rules = Rules(1.0, 0, rules.new_item_slots, rules.repeat_purchase_rate)
+        recent = items.category_mask(items.positions(r.history))  # categories of the recent items
+        ranks, slots = pick_item_ranks(order, positions, items.category_code, items.created_epoch,
+                                       items.as_of_epoch - self.quotas.new_item_days * 86400, recent, r.k,
+                                       category_cap(rules, r.k), rules.new_item_slots, rules.cross_category_slots)
         # The page's fields in one gather each: per-item numpy scalars cost more than the lists.
+        page = order[ranks]
         at = positions[page]
-        rows = zip(page, items.item_ids[at].tolist(), items.category[at].tolist(), items.brand[at].tolist(),
-                   items.price[at].tolist(), recent_code[code[page]].tolist(), final[page].tolist(),
-                   r.retrieval[page].tolist(), r.masks[page].tolist(), heads[page].tolist())
-        out = []
-        for i, item_id, category, brand, price, recent, score, retrieval, mask, head in rows:
-            sources = Candidates.names(mask) or ("popular",)
-            out.append(Recommendation(item_id, score, retrieval, "+".join(sources),
-                                      slots.get(i) or _reason(sources, recent), category, brand, price, tuple(head)))
+        heads = np.zeros((len(page), 3), dtype=np.float32)
+        if r.probs is not None:
+            page_probs = r.probs[page]
+            for col, src in enumerate(m.head_index):
+                if src >= 0:
+                    heads[:, col] = page_probs[:, src]
+        rows = zip(slots.tolist(), items.item_ids[at].tolist(), items.category[at].tolist(), items.brand[at].tolist(),
+                   items.price[at].tolist(), recent[items.category_code[at]].tolist(), final[page].tolist(),
+                   r.retrieval[page].tolist(), r.masks[page].tolist(), heads.tolist())
+        out = [Recommendation(item_id, score, retrieval, _SOURCE_TEXT[mask],
+                              SLOT_NAMES[slot] or _REASONS[mask][in_recent], category, brand, price, tuple(head))
+               for slot, item_id, category, brand, price, in_recent, score, retrieval, mask, head in rows]
         return RecommendResult(r.user_id, out, r.personalized, r.degraded, m.versions)
 
     def _context_candidates(self, m: Models, ctx: RequestContext) -> list[tuple[list[int], str]]:
@@ -561,3 +560,11 @@ def _reason(sources: list[str], recent_category: bool) -> str:
     if "two_tower" in sources:
         return "recent_category" if recent_category else "personalized"
     return {"trending": "trending", "new": "new_arrival"}.get(sources[0], "popular")
+
+
+# A page item's source text and reason code depend only on its source mask (and, for the
+# two-tower reason, on whether its category is a recent one): looked up, not rebuilt per item.
+_MASKS = range(1 << len(ALL_SOURCES))
+_SOURCE_TEXT = ["+".join(Candidates.names(mask) or ("popular",)) for mask in _MASKS]
+_REASONS = [tuple(_reason(Candidates.names(mask) or ["popular"], recent) for recent in (False, True))
+            for mask in _MASKS]

@@ -13,12 +13,11 @@ A slot item replaces the lowest-ranked pick that no rule protects. When the rule
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 
 import numpy as np
+from numba import njit
 
 from feature_repo.errors import ConfigError
 
@@ -43,6 +42,10 @@ class Rules:
                               "shows a bought item again.")
 
 
+SLOT_NAMES = ("", "explore_new", "other_category")  # pick_ranks' slot codes
+_NO_FLAGS = np.zeros(0, dtype=np.bool_)
+
+
 def pick_page(ranked: Sequence[int], k: int, category: Sequence[Hashable], rules: Rules,
               other_category: Sequence[bool] | None = None,
               is_new: Sequence[bool] | None = None) -> tuple[list[int], dict[int, str]]:
@@ -50,50 +53,120 @@ def pick_page(ranked: Sequence[int], k: int, category: Sequence[Hashable], rules
 
     ``ranked``: candidates best first, each once; ``category[p]``: candidate p's category.
     ``other_category[p]``: p is outside the user's recent categories (None: no cross-category
-    slot). ``is_new[p]``: p is a new item (None: no slot). Both are per-candidate flags
-    (arrays), so that a slot finds its items without a Python call per candidate: the page
-    stops at the first ~k candidates, a slot looks only at the ones that pass its test.
+    slot). ``is_new[p]``: p is a new item (None: no slot). Both are per-candidate flags.
     """
     ranked = np.asarray(ranked, dtype=np.int64)
-    order = ranked.tolist()
-    cap = max(1, math.ceil(rules.max_category_share * k))
-    picks: list[int] = []  # ranks (indices into ``ranked``) on the page
-    counts: Counter[Hashable] = Counter()
-    for i, p in enumerate(order):
-        if len(picks) == k:
+    if not len(ranked):
+        return [], {}
+    codes = np.asarray(category)
+    if codes.dtype.kind not in "iu":  # any hashable labels: numbered
+        codes = np.unique(codes, return_inverse=True)[1]
+
+    def by_rank(flags: Sequence[bool] | None) -> np.ndarray:
+        return _NO_FLAGS if flags is None else np.asarray(flags, dtype=np.bool_)[ranked]
+
+    ranks, slots = pick_ranks(codes.astype(np.int64)[ranked], k, category_cap(rules, k), by_rank(is_new),
+                              rules.new_item_slots, by_rank(other_category), rules.cross_category_slots)
+    page = ranked[ranks].tolist()
+    return page, {p: SLOT_NAMES[s] for p, s in zip(page, slots.tolist()) if s}
+
+
+def category_cap(rules: Rules, k: int) -> int:
+    """Items of one category allowed on a page of k."""
+    return max(1, math.ceil(rules.max_category_share * k))
+
+
+@njit(cache=True, nogil=True)
+def pick_ranks(category, k, cap, is_new, new_wanted, other_category, other_wanted):  # pragma: no cover - compiled
+    """The rules on a ranked list, compiled (a page is ~40 steps of Python per request otherwise).
+
+    Arrays by rank (0 = best): ``category`` codes (>= 0); ``is_new`` and ``other_category``
+    flags, or empty for no such slot. Returns the page's ranks (ascending) and, per rank, its
+    slot (an index into SLOT_NAMES: 0 for an item there by score). tests/serving/test_rules.py
+    holds it to a one-candidate-at-a-time Python version.
+    """
+    n = len(category)
+    counts = np.zeros(category.max() + 1 if n else 0, np.int64)
+    picks = np.empty(k, np.int64)  # ranks on the page, in the order picked
+    slot = np.zeros(k, np.int8)
+    taken = 0
+    for i in range(n):
+        if taken == k:
             break
-        if counts[category[p]] < cap:
-            picks.append(i)
-            counts[category[p]] += 1
-    slots: dict[int, str] = {}  # rank → the slot that brought it in
-    for name, wanted, flags in (("explore_new", rules.new_item_slots, is_new),
-                                ("other_category", rules.cross_category_slots, other_category)):
-        if flags is None or not wanted or not len(order):
+        if counts[category[i]] < cap:
+            picks[taken] = i
+            taken += 1
+            counts[category[i]] += 1
+    for kind in (1, 2):
+        passes, wanted = (is_new, new_wanted) if kind == 1 else (other_category, other_wanted)
+        if wanted == 0 or len(passes) == 0:
             continue
-        passes = np.asarray(flags, dtype=bool)[ranked]  # by rank
-        have = int(passes[picks].sum()) if picks else 0
-        chosen = set(picks)
-        for i in np.flatnonzero(passes).tolist():
+        chosen = np.zeros(n, np.bool_)  # on the page when this slot began (one it replaces is not taken back)
+        for j in range(taken):
+            chosen[picks[j]] = True
+        have = 0
+        for j in range(taken):
+            have += passes[picks[j]]
+        for i in range(n):
             if have >= wanted:
                 break
-            if i in chosen:
+            if not passes[i] or chosen[i]:
                 continue
-            c = category[order[i]]
-            # The victim: the lowest-ranked pick no rule protects; a slot never breaks the cap.
-            victims = [j for j in range(len(picks) - 1, -1, -1) if picks[j] not in slots and not passes[picks[j]]
-                       and (counts[c] < cap or category[order[picks[j]]] == c)]
-            if len(picks) < k and counts[c] < cap:
-                picks.append(i)
-            elif victims:
-                counts[category[order[picks[victims[0]]]]] -= 1
-                picks[victims[0]] = i
+            c = category[i]
+            below_cap = counts[c] < cap
+            if taken < k and below_cap:
+                at = taken
+                taken += 1
             else:
-                continue
+                # The victim: the lowest-ranked pick no rule protects; a slot never breaks the cap.
+                at = -1
+                for j in range(taken - 1, -1, -1):
+                    if slot[j] == 0 and not passes[picks[j]] and (below_cap or category[picks[j]] == c):
+                        at = j
+                        break
+                if at < 0:
+                    continue
+                counts[category[picks[at]]] -= 1
+            picks[at] = i
+            slot[at] = kind
             counts[c] += 1
-            slots[i] = name
-            chosen.add(i)
+            chosen[i] = True
             have += 1
-    if len(picks) < k:  # the rules left holes: fill them by score
-        chosen = set(picks)
-        picks += list(islice((i for i in range(len(order)) if i not in chosen), k - len(picks)))
-    return [order[i] for i in sorted(picks)], {order[i]: name for i, name in slots.items()}
+    if taken < k:  # the rules left holes: fill them by score
+        on_page = np.zeros(n, np.bool_)
+        for j in range(taken):
+            on_page[picks[j]] = True
+        for i in range(n):
+            if taken == k:
+                break
+            if not on_page[i]:
+                picks[taken] = i
+                slot[taken] = 0
+                taken += 1
+    order = np.argsort(picks[:taken])
+    return picks[:taken][order], slot[:taken][order]
+
+
+@njit(cache=True, nogil=True)
+def pick_item_ranks(order, positions, category_code, created_epoch, new_cut, recent_categories, k, cap,
+                    new_wanted, other_wanted):  # pragma: no cover - compiled
+    """``pick_ranks`` for a request's candidates (ItemTable ``positions``) in ``order`` (indices
+    into positions, best first): new items are those created at or after ``new_cut`` (none
+    when it is <= 0), and the cross-category slot looks outside ``recent_categories`` (a mask
+    over category codes; no slot when none is set). One compiled call instead of a numpy call
+    per flag (serving/recommender.py)."""
+    n = len(order)
+    category = np.empty(n, np.int64)
+    for i in range(n):
+        category[i] = category_code[positions[order[i]]]
+    is_new = _NO_FLAGS
+    if new_cut > 0:
+        is_new = np.empty(n, np.bool_)
+        for i in range(n):
+            is_new[i] = created_epoch[positions[order[i]]] >= new_cut
+    other = _NO_FLAGS
+    if recent_categories.any():
+        other = np.empty(n, np.bool_)
+        for i in range(n):
+            other[i] = not recent_categories[category[i]]
+    return pick_ranks(category, k, cap, is_new, new_wanted, other, other_wanted)

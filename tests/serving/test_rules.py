@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from feature_repo.errors import ConfigError
-from serving.rules import Rules, pick_page
+from serving.rules import SLOT_NAMES, Rules, category_cap, pick_item_ranks, pick_page
 
 # Candidates 0..9 best first; 0-5 are phones, 6-7 cases, 8 books, 9 toys; 7 and 9 are new.
 CATEGORY = ["phones"] * 6 + ["cases"] * 2 + ["books", "toys"]
@@ -106,3 +106,26 @@ def test_pages_equal_the_one_candidate_at_a_time_rules_on_random_lists():
         ranked, k = rng.permutation(n), int(rng.integers(1, 25))
         got = pick_page(ranked, k, category, rules, other_category=flags[0], is_new=flags[1])
         assert got == _reference_pick_page(ranked.tolist(), k, category, rules, flags[0], flags[1])
+
+
+def test_the_served_variant_equals_the_rules_on_item_table_arrays():
+    """pick_item_ranks (what Recommender._page calls) on a catalog's arrays: the same page and
+    slots as the oracle given the flags those arrays imply."""
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        catalog, n = 200, int(rng.integers(0, 60))
+        category_code = rng.integers(0, int(rng.integers(1, 6)), size=catalog)
+        created = rng.choice([0.0, 50.0, 100.0], size=catalog)
+        recent = rng.random(category_code.max() + 1) < rng.choice([0.0, 0.3])
+        new_cut = float(rng.choice([0.0, 60.0]))
+        positions = rng.choice(catalog, size=n, replace=False)
+        order = rng.permutation(n)
+        rules = Rules(float(rng.choice([0.2, 0.5, 1.0])), int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        k = int(rng.integers(1, 25))
+        ranks, kinds = pick_item_ranks(order, positions, category_code, created, new_cut, recent, k,
+                                       category_cap(rules, k), rules.new_item_slots, rules.cross_category_slots)
+        got = (order[ranks].tolist(), {int(c): SLOT_NAMES[s] for c, s in zip(order[ranks], kinds) if s})
+        want = _reference_pick_page(order.tolist(), k, category_code[positions], rules,
+                                    ~recent[category_code[positions]] if recent.any() else None,
+                                    created[positions] >= new_cut if new_cut > 0 else None)
+        assert got == want
