@@ -13,6 +13,7 @@ candidate source.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ class CooccurrenceModel:
         # A served request asks for the same recent items' scores twice (its candidates, then its
         # ranking features): the last answers are kept (read-only arrays, so sharing is safe).
         self._recent_scores: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._scratch = threading.local()  # _sum_neighbour_rows' scratch, one per serving thread
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -188,13 +190,8 @@ class CooccurrenceModel:
         blocked = [self.position[i] for i in exclude if i in self.position]
         if blocked:
             scores = np.where(np.isin(rows, blocked), 0.0, scores)
-        keep = scores > 0
-        rows, scores = rows[keep], scores[keep]
-        if len(rows) > k:
-            best = np.argpartition(-scores, k - 1)[:k]
-            rows, scores = rows[best], scores[best]
-        order = np.lexsort((rows, -scores))
-        return rows[order], scores[order]
+        best = _best(rows, scores, k)
+        return rows[best], scores[best]
 
     def sparse_scores(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """One row of ``score_histories`` as (model rows with evidence, ascending; their scores).
@@ -213,7 +210,10 @@ class CooccurrenceModel:
 
     def _scores_of_recent(self, recent: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         items, weights = self._recent_rows(recent)
-        rows, scores = _sum_neighbour_rows(self.indptr, self.indices, self.scores, items, weights)
+        slot = getattr(self._scratch, "slot", None)
+        if slot is None:
+            slot = self._scratch.slot = np.full(len(self.item_ids), -1, np.int32)
+        rows, scores = _sum_neighbour_rows(self.indptr, self.indices, self.scores, items, weights, slot)
         rows.setflags(write=False)
         scores.setflags(write=False)
         return rows, scores
@@ -261,25 +261,44 @@ class CooccurrenceModel:
 
 
 @njit(cache=True, nogil=True)
-def _sum_neighbour_rows(indptr, indices, scores, items, weights):  # pragma: no cover - compiled
+def _sum_neighbour_rows(indptr, indices, scores, items, weights, slot):  # pragma: no cover - compiled
     """A request's few recent items: their neighbour lists weighted and summed per neighbour, as
-    (model rows ascending, float64 scores). Summed in the order of a stable sort of the rows,
-    which is a bincount's order (``score_histories``), so the floats are the same."""
+    (model rows ascending, float64 scores). Each neighbour's values are added in the order they
+    come (item by item, list order), which is a bincount's order (``score_histories``), so the
+    floats are the same. ``slot``: int32 scratch of -1 per model row (where each row's sum is
+    kept), all -1 again on return; one pass instead of sorting every value (~3x faster)."""
     total = 0
     for item in items:
         total += indptr[item + 1] - indptr[item]
-    cols, values = np.empty(total, np.int64), np.empty(total, np.float64)
-    k = 0
+    rows, sums, m = np.empty(total, np.int64), np.empty(total, np.float64), 0
     for a in range(len(items)):
         for j in range(indptr[items[a]], indptr[items[a] + 1]):
-            cols[k], values[k] = indices[j], weights[a] * scores[j]
-            k += 1
-    order = np.argsort(cols, kind="mergesort")
-    rows, sums, m = np.empty(total, np.int64), np.empty(total, np.float64), -1
-    for j in order:
-        if m >= 0 and rows[m] == cols[j]:
-            sums[m] += values[j]
-        else:
-            m += 1
-            rows[m], sums[m] = cols[j], values[j]
-    return rows[: m + 1], sums[: m + 1]
+            c, value = indices[j], weights[a] * scores[j]
+            if slot[c] < 0:
+                slot[c] = m
+                rows[m], sums[m] = c, value
+                m += 1
+            else:
+                sums[slot[c]] += value
+    for i in range(m):
+        slot[rows[i]] = -1
+    order = np.argsort(rows[:m])  # rows are distinct: any sort gives the same order
+    return rows[:m][order], sums[:m][order]
+
+
+@njit(cache=True, nogil=True)
+def _best(rows, scores, k):  # pragma: no cover - compiled
+    """Indices of the ``k`` best positive ``scores``, best first, equal scores by row (``rows``
+    ascending): one pass keeping a sorted list of k, instead of a partition and a sort."""
+    best, n = np.empty(k, np.int64), 0
+    for i in range(len(scores)):
+        s = scores[i]
+        if s <= 0 or (n == k and s <= scores[best[n - 1]]):  # an equal score of a later row loses
+            continue
+        at = n if n < k else k - 1  # the free place, or the worst one's
+        while at > 0 and scores[best[at - 1]] < s:
+            best[at] = best[at - 1]
+            at -= 1
+        best[at] = i
+        n = min(n + 1, k)
+    return best[:n]

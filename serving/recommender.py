@@ -453,6 +453,9 @@ class Recommender:
             else:
                 ids = items.item_ids[np.concatenate([r.positions for r in group])].astype(str)
                 history, types = np.asarray(group[0].history, dtype=str), np.asarray(group[0].types, dtype=str)
+            if len(group) == 1:  # the usual batch: np.concatenate and np.split cost ~40 us between them
+                group[0].probs = m.score_heads(group[0].features, ids, history, types)
+                continue
             probs = m.score_heads(np.concatenate([r.features for r in group]), ids, history, types)
             for r, part in zip(group, np.split(probs, np.cumsum([len(r.positions) for r in group])[:-1])):
                 r.probs = part

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from serving.candidates import Candidates
 
@@ -22,6 +23,7 @@ def test_merge_of_nothing_is_empty():
 
 def test_merge_equals_a_dict_of_first_findings_on_random_parts():
     rng = np.random.default_rng(0)
+    seen = np.full(40, -1, np.int32)  # one scratch for every merge, as a serving thread keeps it
     sources = ["two_tower", "cooccurrence", "trending", "new", "popular", "cart", "viewed", "similar"]
     for _ in range(200):
         parts = [(rng.integers(0, 40, size=int(rng.integers(0, 30))), str(rng.choice(sources)))
@@ -30,6 +32,15 @@ def test_merge_equals_a_dict_of_first_findings_on_random_parts():
         for positions, source in parts:
             for p in positions.tolist():
                 want.setdefault(p, set()).add(source)
-        c = Candidates.merge(parts)
+        c = Candidates.merge(parts, seen)
         assert c.positions.tolist() == list(want)
         assert [set(Candidates.names(int(m))) for m in c.masks] == list(want.values())
+        assert (seen == -1).all()  # the scratch is clean for the next request
+
+
+def test_a_position_outside_the_scratch_is_an_error_that_leaves_it_clean():
+    seen = np.full(10, -1, np.int32)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        Candidates.merge([(np.array([1, 2]), "two_tower"), ([12], "cart")], seen)
+    assert (seen == -1).all()
+    assert Candidates.merge([(np.array([1, 2]), "two_tower")], seen).positions.tolist() == [1, 2]
