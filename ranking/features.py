@@ -9,6 +9,7 @@ evidence between the user's recent items and each candidate becomes two cross fe
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -88,7 +89,7 @@ def rank_features(user: Mapping[str, Any], candidates: np.ndarray, retrieval_sco
     types = list(user.get("recent_event_types") or [])
     carted = [i for i, t in zip(recent, types) if t == "add_to_cart"]
     avg_price = _num(user, "avg_purchase_price")
-    user_values = np.array([np.log1p(_num(user, "n_view")), np.log1p(_num(user, "n_purchase")),
+    user_values = np.array([math.log1p(_num(user, "n_view")), math.log1p(_num(user, "n_purchase")),
                             _num(user, "conversion_rate")])
     if cooccurrence is not None and recent and len(c):
         rows = (item_to_cooccurrence[c] if item_to_cooccurrence is not None else
@@ -100,7 +101,7 @@ def rank_features(user: Mapping[str, Any], candidates: np.ndarray, retrieval_sco
     _fill_rows(x, c, np.asarray(retrieval_scores, dtype=np.float32), item_columns(items), avg_price, user_values,
                items.positions(recent), items.positions(carted), items.category_code, items.category_count,
                items.brand_code, items.brand_count, np.asarray(rows, dtype=np.int64),
-               *[np.asarray(a, dtype=t) for a, t in zip(evidence, (np.int64, np.float64) * 2)])
+               *[a if a.dtype == t else a.astype(t) for a, t in zip(evidence, (np.int64, np.float64) * 2)])
     return x
 
 
