@@ -28,6 +28,8 @@ class OnlineRowReader:
 
     def __init__(self, store, features: str | list[str], join_key: str):
         from feast import utils
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
 
         self.store = store
         self.join_key = join_key
@@ -44,6 +46,11 @@ class OnlineRowReader:
                                  "read it with FeatureStore.get_online_features")
         self.feature_names = [n for _, names in self.tables for n in names]
         self._online_store = store._get_provider().online_store
+        self._protos = EntityKey, Value  # imported once here, not on every read
+
+    def _key(self, entity_id: str):
+        entity_key, value = self._protos
+        return entity_key(join_keys=[self.join_key], entity_values=[value(string_val=entity_id)])
 
     def read(self, entity_id: str) -> dict[str, Any]:
         """{feature name: value} for one entity; None for each feature the store does not hold."""
@@ -52,19 +59,7 @@ class OnlineRowReader:
     def read_many(self, entity_ids: list[str]) -> list[dict[str, Any]]:
         """``read`` for several entities, in their order, with one ``online_read`` per feature
         view for all of them (what a batch of requests costs the store)."""
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-        from feast.type_map import feast_value_type_to_python_type
-
-        def python_value(value) -> Any:
-            kind = value.WhichOneof("val")
-            if kind in _PLAIN_SCALARS:
-                return getattr(value, kind)
-            if kind in _PLAIN_LISTS:
-                return list(getattr(value, kind).val)
-            return feast_value_type_to_python_type(value)
-
-        keys = [EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=e)]) for e in entity_ids]
+        keys = [self._key(e) for e in entity_ids]
         out: list[dict[str, Any]] = [{} for _ in entity_ids]
         for table, names in self.tables:
             # A copy each call: Feast's Redis store appends its timestamp field to the list it is
@@ -78,5 +73,17 @@ class OnlineRowReader:
                 values = values or {}
                 for name in names:
                     value = values.get(name)
-                    row[name] = python_value(value) if value is not None else None
+                    row[name] = _python_value(value) if value is not None else None
         return out
+
+
+def _python_value(value) -> Any:
+    """A Feast ValueProto as the Python value the SDK's to_dict() gives."""
+    kind = value.WhichOneof("val")
+    if kind in _PLAIN_SCALARS:
+        return getattr(value, kind)
+    if kind in _PLAIN_LISTS:
+        return list(getattr(value, kind).val)
+    from feast.type_map import feast_value_type_to_python_type
+
+    return feast_value_type_to_python_type(value)
