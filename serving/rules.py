@@ -59,7 +59,7 @@ def pick_page(ranked: Sequence[int], k: int, category: Sequence[Hashable], rules
     if not len(ranked):
         return [], {}
     codes = np.asarray(category)
-    if codes.dtype.kind not in "iu":  # any hashable labels: numbered
+    if codes.dtype.kind not in "iu" or codes.min() < 0:  # any other labels: numbered from 0
         codes = np.unique(codes, return_inverse=True)[1]
 
     def by_rank(flags: Sequence[bool] | None) -> np.ndarray:

@@ -129,3 +129,9 @@ def test_the_served_variant_equals_the_rules_on_item_table_arrays():
                                     ~recent[category_code[positions]] if recent.any() else None,
                                     created[positions] >= new_cut if new_cut > 0 else None)
         assert got == want
+
+
+def test_any_category_labels_give_the_same_page():
+    as_text = pick_page(range(10), 4, CATEGORY, Rules(0.5, 1, 1), is_new=NEW)
+    codes = {"phones": -1, "cases": 7, "books": 0, "toys": -5}  # negative codes too
+    assert pick_page(range(10), 4, [codes[c] for c in CATEGORY], Rules(0.5, 1, 1), is_new=NEW) == as_text
