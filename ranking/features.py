@@ -101,7 +101,7 @@ def rank_features(user: Mapping[str, Any], candidates: np.ndarray, retrieval_sco
     _fill_rows(x, c, np.asarray(retrieval_scores, dtype=np.float32), item_columns(items), avg_price, user_values,
                items.positions(recent), items.positions(carted), items.category_code, items.category_count,
                items.brand_code, items.brand_count, np.asarray(rows, dtype=np.int64),
-               *[a if a.dtype == t else a.astype(t) for a, t in zip(evidence, (np.int64, np.float64) * 2)])
+               *[a.astype(t, copy=False) for a, t in zip(evidence, (np.int64, np.float64) * 2)])
     return x
 
 

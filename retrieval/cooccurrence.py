@@ -13,7 +13,6 @@ candidate source.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from numba import njit
 
 from feature_repo.errors import ArtifactError, ConfigError, ContractError
+from retrieval.marks import PerThreadMarks
 
 ARRAYS_FILE = "cooccurrence.npz"
 IDS_FILE = "item_ids.json"
@@ -91,7 +91,7 @@ class CooccurrenceModel:
         # A served request asks for the same recent items' scores twice (its candidates, then its
         # ranking features): the last answers are kept (read-only arrays, so sharing is safe).
         self._recent_scores: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
-        self._scratch = threading.local()  # _sum_neighbour_rows' scratch, one per serving thread
+        self._marks = PerThreadMarks(n)  # _sum_neighbour_rows' scratch
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -210,10 +210,7 @@ class CooccurrenceModel:
 
     def _scores_of_recent(self, recent: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         items, weights = self._recent_rows(recent)
-        slot = getattr(self._scratch, "slot", None)
-        if slot is None:
-            slot = self._scratch.slot = np.full(len(self.item_ids), -1, np.int32)
-        rows, scores = _sum_neighbour_rows(self.indptr, self.indices, self.scores, items, weights, slot)
+        rows, scores = _sum_neighbour_rows(self.indptr, self.indices, self.scores, items, weights, self._marks.get())
         rows.setflags(write=False)
         scores.setflags(write=False)
         return rows, scores

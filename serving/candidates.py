@@ -13,7 +13,6 @@ compiled loop (numba).
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from feature_repo.data.item_table import ItemTable
+from retrieval.marks import PerThreadMarks
 
 SOURCES = ("two_tower", "cooccurrence", "trending", "new", "popular")
 # Request-context sources (serving/recommender.py) share the same bits.
@@ -57,7 +57,7 @@ class Candidates:
         """One candidate list from (positions, source) parts, earlier parts first.
 
         ``seen``: int32 scratch of -1 over every position that may occur (CandidateSources
-        keeps one per thread, the catalog's size); it is all -1 again when this returns.
+        keeps a ``PerThreadMarks`` of the catalog's size); it is all -1 again when this returns.
         """
         # As few numpy calls as possible: each costs microseconds in a request (cold caches).
         arrays = [p if isinstance(p, np.ndarray) else list(p) for p, _ in parts]
@@ -98,7 +98,7 @@ class CandidateSources:
         # co-occurrence model row → ItemTable position (-1: not in the table)
         self.cooc_to_item = (None if cooccurrence is None else
                              np.array([items.position.get(i, -1) for i in cooccurrence.item_ids], dtype=np.int64))
-        self._scratch = threading.local()  # Candidates.merge's ``seen``, one per thread (requests run on several)
+        self._seen = PerThreadMarks(len(items))  # Candidates.merge's scratch
 
     def two_tower(self, user_emb: np.ndarray) -> np.ndarray:
         """ItemTable positions of the index's nearest items to a [1, D] user embedding, best first."""
@@ -122,10 +122,7 @@ class CandidateSources:
             parts.append((found[found >= 0], "cooccurrence"))
         parts += [(self.trending, "trending"), (self.new, "new"), (self.popular[: q.popular], "popular")]
         parts += list(context)
-        seen = getattr(self._scratch, "seen", None)
-        if seen is None:
-            seen = self._scratch.seen = np.full(len(self.items), -1, np.int32)
-        return Candidates.merge(parts, seen)
+        return Candidates.merge(parts, self._seen.get())
 
 
 @njit(cache=True, nogil=True)
