@@ -8,6 +8,12 @@ call does only what the store needs: one entity key, ``OnlineStore.online_read``
 view (the same reads the SDK makes), and the values converted with Feast's own type map. The
 result equals ``get_online_features(...).to_dict()`` for that one row
 (tests/feature_repo/test_redis_store.py holds it to that on sqlite and Redis).
+
+On Feast's SQLite store the reader asks the store's own connection for the same rows with one
+query for all the views, and without the ``event_ts`` column: ``SqliteOnlineStore.online_read``
+makes one query per view and turns every row's timestamp into a timezone-aware datetime,
+which the reader throws away. That was ~100 of a read's ~235 µs (docs/benchmarks.md,
+twenty-fifth session). Every other store goes through ``online_read``.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ class OnlineRowReader:
         self.feature_names = [n for _, names in self.tables for n in names]
         self._online_store = store._get_provider().online_store
         self._protos = EntityKey, Value  # imported once here, not on every read
+        self._sqlite_query = _sqlite_query(store, self._online_store, self.tables)
 
     def _key(self, entity_id: str):
         entity_key, value = self._protos
@@ -59,6 +66,8 @@ class OnlineRowReader:
     def read_many(self, entity_ids: list[str]) -> list[dict[str, Any]]:
         """``read`` for several entities, in their order, with one ``online_read`` per feature
         view for all of them (what a batch of requests costs the store)."""
+        if self._sqlite_query is not None:
+            return self._read_sqlite(entity_ids)
         keys = [self._key(e) for e in entity_ids]
         out: list[dict[str, Any]] = [{} for _ in entity_ids]
         for table, names in self.tables:
@@ -75,6 +84,58 @@ class OnlineRowReader:
                     value = values.get(name)
                     row[name] = _python_value(value) if value is not None else None
         return out
+
+    def _read_sqlite(self, entity_ids: list[str]) -> list[dict[str, Any]]:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+
+        if not entity_ids:
+            return []
+        version = self.store.config.entity_key_serialization_version
+        keys = [serialize_entity_key(self._key(e), entity_key_serialization_version=version) for e in entity_ids]
+        stored: dict[tuple[int, bytes], dict[str, bytes]] = {}
+        conn = self._online_store._get_conn(self.store.config)
+        for view, key, name, value in conn.execute(self._sqlite_query(len(keys)), keys * len(self.tables)):
+            stored.setdefault((view, key), {})[name] = value
+        value_proto = self._protos[1]
+        out: list[dict[str, Any]] = []
+        for key in keys:
+            row: dict[str, Any] = {}
+            for view, (_, names) in enumerate(self.tables):
+                values = stored.get((view, key), {})
+                for name in names:
+                    raw = values.get(name)
+                    if raw is None:
+                        row[name] = None
+                    else:
+                        value = value_proto()
+                        value.ParseFromString(raw)
+                        row[name] = _python_value(value)
+            out.append(row)
+        return out
+
+
+def _sqlite_query(store, online_store, tables):
+    """For Feast's SQLite store, a function of the number of keys giving one SELECT of
+    (view's position, entity key, feature name, value) over all the views' tables, with the
+    keys bound once per view; None for any other store (or a vector-enabled SQLite one, whose
+    reads Feast handles differently)."""
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
+
+    if type(online_store) is not SqliteOnlineStore or getattr(store.config.online_store, "vector_enabled", False):
+        return None
+    versioning = store.config.registry.enable_online_feature_view_versioning
+    names = [_quote_id(_table_id(store.config.project, table, versioning)) for table, _ in tables]
+    cache: dict[int, str] = {}
+
+    def query(n_keys: int) -> str:
+        if n_keys not in cache:
+            marks = ",".join("?" * n_keys)
+            cache[n_keys] = " UNION ALL ".join(
+                f"SELECT {i}, entity_key, feature_name, value FROM {name} WHERE entity_key IN ({marks})"
+                for i, name in enumerate(names))
+        return cache[n_keys]
+
+    return query
 
 
 def _python_value(value) -> Any:

@@ -210,6 +210,33 @@ def test_push_is_visible_in_the_next_online_read(push_stores, tables, users):
     assert others and all(got[k] == before[k] for k in others)
 
 
+def test_the_sqlite_reader_makes_one_query_per_read_and_sees_a_push(push_stores, users):
+    """On Feast's SQLite store serving's reader asks the store's own connection once per read
+    (both views in one SELECT); a push through Feast is in the next read of the same reader."""
+    from feast.data_source import PushMode
+
+    redis_store, store = push_stores
+    assert OnlineRowReader(redis_store, SERVICE, "user_id")._sqlite_query is None  # Redis: online_read
+    reader = OnlineRowReader(store, SERVICE, "user_id")
+    user = users[5]
+    before = reader.read(user)
+    statements: list[str] = []
+    conn = store._get_provider().online_store._get_conn(store.config)
+    conn.set_trace_callback(statements.append)
+    try:
+        assert reader.read_many([user, "nobody-at-all", users[6]])[0] == before
+    finally:
+        conn.set_trace_callback(None)
+    assert len(statements) == 1 and statements[0].count("UNION ALL") == len(reader.tables) - 1
+    new_items = ["i000004", "i000005"]
+    assert before["recent_items"] != new_items
+    store.push("user_recent_push", _recent(user, pd.Timestamp.now(tz="UTC"), new_items), to=PushMode.ONLINE)
+    after = reader.read(user)
+    assert after["recent_items"] == new_items and after["recent_event_types"] == ["view", "view"]
+    assert {k: v for k, v in after.items() if not k.startswith("recent_")} == \
+        {k: v for k, v in before.items() if not k.startswith("recent_")}
+
+
 def test_events_fold_into_redis_as_into_sqlite(push_stores, users):
     """Serving's event path (read, fold, push through OnlinePusher) gives the same row on both stores."""
     from feature_repo.realtime import apply_events
