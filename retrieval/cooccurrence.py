@@ -154,6 +154,19 @@ class CooccurrenceModel:
         lo, hi = self.indptr[i], min(self.indptr[i + 1], self.indptr[i] + k)
         return [(self.item_ids[j], float(s)) for j, s in zip(self.indices[lo:hi], self.scores[lo:hi])]
 
+    def neighbour_rows(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The item's whole neighbour list as (model rows, float32 scores), best first; empty
+        arrays outside the catalog. Views of the model's arrays: do not write to them."""
+        i = self.position.get(item_id)
+        if i is None:
+            return self.indices[:0], self.scores[:0]
+        return self.indices[self.indptr[i]:self.indptr[i + 1]], self.scores[self.indptr[i]:self.indptr[i + 1]]
+
+    def marks(self) -> np.ndarray:
+        """This thread's scratch of -1 per model row, for one-pass kernels that mark rows and
+        reset them before they return (``_sum_neighbour_rows``, the ranking features)."""
+        return self._marks.get()
+
     def score_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """Scores ``[len(histories), n_items]`` in catalog order; 0 means "no evidence".
 
