@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 USER_FEATURE_SERVICE = "ranking_user_v1"
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a page makes 20 of these per request, ~25% cheaper each
 class Recommendation:
     item_id: str
     score: float

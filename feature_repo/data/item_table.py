@@ -87,7 +87,8 @@ class ItemTable:
 
     def positions(self, item_ids: list[str]) -> np.ndarray:
         """Row numbers of known ids (unknown ids are left out)."""
-        return np.array([self.position[i] for i in item_ids if i in self.position], dtype=np.int64)
+        get = self.position.get
+        return np.array([p for i in item_ids if (p := get(i)) is not None], dtype=np.int64)
 
     def category_mask(self, positions: np.ndarray) -> np.ndarray:
         """[category_count] bool: True for the categories of the items at ``positions``, so that
