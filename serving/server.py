@@ -132,17 +132,23 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             raise TimeoutError("the call's deadline passed before the server started on it; raise the "
                                "client timeout or reduce the load")
 
-    def _respond(self, result) -> pb.RecommendResponse:
+    @staticmethod
+    def _respond(result) -> pb.RecommendResponse:
         v = result.versions
-        return pb.RecommendResponse(
+        response = pb.RecommendResponse(
             user_id=result.user_id, personalized=result.personalized, degraded=result.degraded,
             retrieval_version=v.get("retrieval", ""), index_version=v.get("index", ""),
-            ranking_version=v.get("ranking", ""),
-            items=[pb.RecommendedItem(item_id=r.item_id, score=r.score, retrieval_score=r.retrieval_score,
-                                      source=r.source, reason=r.reason, category=r.category, brand=r.brand,
-                                      price=r.price, click_probability=r.heads[0], cart_probability=r.heads[1],
-                                      purchase_probability=r.heads[2]) for r in result.items],
-        )
+            ranking_version=v.get("ranking", ""))
+        # Field by field on added items: half the CPU of RecommendedItem(**fields) per item
+        # (20 us against 38 for a page of 20, docs/benchmarks.md, twenty-fifth session).
+        add = response.items.add
+        for r in result.items:
+            item = add()
+            item.item_id, item.score, item.retrieval_score = r.item_id, r.score, r.retrieval_score
+            item.source, item.reason, item.category, item.brand = r.source, r.reason, r.category, r.brand
+            item.price = r.price
+            item.click_probability, item.cart_probability, item.purchase_probability = r.heads
+        return response
 
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
         return await self._serve(self.recommend_batcher or self._recommend, request, context)
