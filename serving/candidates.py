@@ -151,3 +151,27 @@ def _first_findings(found, part_bits, seen):  # pragma: no cover - compiled
     for i in range(m):
         seen[positions[i]] = -1
     return positions[:m], masks[:m]
+
+
+@njit(cache=True, nogil=True)
+def passing(positions, blocked, available, category_code, category, price, max_price):  # pragma: no cover - compiled
+    """The request filters of ``positions`` in one pass (a bool per position): not in
+    ``blocked`` (sorted positions), ``available`` (empty: every item is), of the category code
+    ``category`` (-1: any) and priced at most ``max_price`` (0: no limit). One compiled call
+    instead of ~10 numpy ones, each of which costs microseconds in a request."""
+    ok = np.empty(len(positions), np.bool_)
+    n_blocked = len(blocked)
+    for i in range(len(positions)):
+        p = positions[i]
+        good = True
+        if n_blocked:
+            at = np.searchsorted(blocked, p)
+            good = at == n_blocked or blocked[at] != p
+        if good and len(available):
+            good = available[p]
+        if good and category != -1:
+            good = category_code[p] == category
+        if good and max_price > 0:
+            good = price[p] <= max_price
+        ok[i] = good
+    return ok

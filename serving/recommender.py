@@ -27,9 +27,9 @@ import numpy as np
 from feature_repo.data.features import RECENT_N, pad_sequences
 from feature_repo.online_read import OnlineRowReader
 from feature_repo.workspace import Workspace
-from ranking.features import is_member, rank_features
+from ranking.features import rank_features
 from retrieval.user_features import activity_vector
-from serving.candidates import ALL_SOURCES, Candidates, CandidateSources, Quotas
+from serving.candidates import ALL_SOURCES, Candidates, CandidateSources, Quotas, passing
 from serving.errors import ModelNotLoaded, StoreUnavailable, UnknownItem
 from serving.models import NO_ITEM_IDS, Models, disk_fingerprint
 from serving.rules import SLOT_NAMES, Rules, category_cap, pick_item_ranks
@@ -527,14 +527,10 @@ class Recommender:
         """Which of ``positions`` pass the filters: not blocked, available, in the category and
         under the price limit (a boolean mask)."""
         items = m.items
-        ok = ~is_member(positions, items.positions(list(blocked)))
-        if m.available is not None:
-            ok &= m.available[positions]
-        if ctx.category:
-            ok &= items.category[positions] == ctx.category
-        if ctx.max_price > 0:
-            ok &= items.price[positions] <= ctx.max_price
-        return ok
+        category = items.code_of_category.get(ctx.category, -2) if ctx.category else -1  # -2: no such category
+        return passing(np.asarray(positions, dtype=np.int64), np.sort(items.positions(list(blocked))),
+                       _EVERY_ITEM if m.available is None else m.available, items.category_code, category,
+                       items.price, float(ctx.max_price))
 
     @staticmethod
     def _item(m: Models, p: int, score: float, retrieval: float, sources: list[str], reason: str,
@@ -542,6 +538,9 @@ class Recommender:
         items = m.items
         return Recommendation(items.item_ids[p], score, retrieval, "+".join(sources), reason, items.category[p],
                               items.brand[p], float(items.price[p]), tuple(float(h) for h in heads))
+
+
+_EVERY_ITEM = np.zeros(0, dtype=bool)  # ``passing``'s "no availability column": every item is
 
 
 def _inner_products(m: Models, positions: np.ndarray, user: np.ndarray) -> np.ndarray:

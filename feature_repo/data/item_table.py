@@ -42,7 +42,8 @@ class ItemTable:
         # Integer codes of category and brand: per-candidate comparisons without Python strings.
         # A missing value is a code of its own: pandas' default -1 would crash np.bincount and
         # index the last code of a lookup table (e.g. an item read from a store without features).
-        self.category_code = pd.factorize(self.category, use_na_sentinel=False)[0]
+        self.category_code, categories = pd.factorize(self.category, use_na_sentinel=False)
+        self.code_of_category = {name: code for code, name in enumerate(categories)}
         self.brand_code = pd.factorize(self.brand, use_na_sentinel=False)[0]
         # How many codes there are: per-request lookup tables over categories and brands.
         self.category_count = int(self.category_code.max()) + 1 if len(self.category_code) else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.candidates import Candidates
+from serving.candidates import Candidates, passing
 
 
 def test_merge_keeps_first_found_order_and_every_source():
@@ -44,3 +44,27 @@ def test_a_position_outside_the_scratch_is_an_error_that_leaves_it_clean():
         Candidates.merge([(np.array([1, 2]), "two_tower"), ([12], "cart")], seen)
     assert (seen == -1).all()
     assert Candidates.merge([(np.array([1, 2]), "two_tower")], seen).positions.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_passing_equals_the_numpy_filters_on_random_requests(seed):
+    """The compiled request filters against their numpy formulation: blocked items, availability,
+    a category (one that exists, one that does not, or any) and a price limit."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    category_code, price = rng.integers(0, 7, n), rng.uniform(1, 100, n).round(1)
+    price[rng.integers(0, n, 5)] = np.nan  # unknown prices fail a price limit, as in numpy
+    available = rng.random(n) < 0.8 if seed % 2 else np.zeros(0, dtype=bool)  # empty: every item
+    positions = rng.integers(0, n, rng.integers(0, 400))
+    blocked = np.sort(rng.choice(n, rng.integers(0, 30), replace=False))
+    category = [-1, 3, -2][seed % 3]  # any, one of them, no such category
+    max_price = [0.0, 40.0][seed % 2 == 0]
+    want = ~np.isin(positions, blocked)
+    if len(available):
+        want &= available[positions]
+    if category != -1:
+        want &= category_code[positions] == category
+    if max_price > 0:
+        want &= price[positions] <= max_price
+    got = passing(positions, blocked, available, category_code, category, price, max_price)
+    assert got.dtype == bool and np.array_equal(got, want)
