@@ -431,7 +431,7 @@ class Recommender:
             found.two_tower_scores = _inner_products(m, found.two_tower, found.embedding[0])
             found.two_tower_scores.setflags(write=False)
         head = len(found.two_tower)  # gather() puts them first, in their order
-        if head and len(positions) >= head and np.array_equal(positions[:head], found.two_tower):
+        if head and len(positions) >= head and (positions[:head] == found.two_tower).all():
             return np.concatenate([found.two_tower_scores, _inner_products(m, positions[head:], found.embedding[0])])
         return _inner_products(m, positions, found.embedding[0])
 

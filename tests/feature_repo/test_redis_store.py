@@ -237,6 +237,28 @@ def test_the_sqlite_reader_makes_one_query_per_read_and_sees_a_push(push_stores,
         {k: v for k, v in before.items() if not k.startswith("recent_")}
 
 
+def test_the_sqlite_reader_shares_only_immutable_values_and_bounds_what_it_remembers(sqlite_store, users,
+                                                                                       monkeypatch):
+    """Parsed scalars are remembered by their bytes (a bounded dict); lists are parsed per read,
+    so a caller that edits its row cannot change another read's."""
+    import feature_repo.online_read as online_read
+
+    monkeypatch.setattr(online_read, "_KNOWN_SCALARS", 8)
+    reader = OnlineRowReader(sqlite_store, SERVICE, "user_id")
+    first = reader.read(users[0])
+    first["recent_items"].append("edited-by-the-caller")
+    again = reader.read(users[0])
+    assert "edited-by-the-caller" not in again["recent_items"]
+    assert {k: v for k, v in again.items() if k != "recent_items"} == \
+        {k: v for k, v in first.items() if k != "recent_items"}
+    ids = users[:30]
+    assert _lean_read(sqlite_store, ids) == _read(sqlite_store, ids)  # correct through many clears
+    for u in ids:
+        reader.read(u)
+        assert len(reader._scalars) <= 8
+    assert not any(isinstance(v, list) for v in reader._scalars.values())
+
+
 def test_events_fold_into_redis_as_into_sqlite(push_stores, users):
     """Serving's event path (read, fold, push through OnlinePusher) gives the same row on both stores."""
     from feature_repo.realtime import apply_events
