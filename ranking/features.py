@@ -59,19 +59,22 @@ def is_member(values: np.ndarray, members: np.ndarray) -> np.ndarray:
 # for every item once per table (item_columns), so that a request gathers one row per candidate.
 _ITEM_ONLY = [1, 2, 3, 4, 14, 15, 16]
 _ITEM_ONLY_T = tuple(_ITEM_ONLY)  # the compiled kernel's copy (a constant)
+PRICE_COLUMN, CATEGORY_COLUMN, BRAND_COLUMN = 7, 8, 9  # item_columns' columns after the _ITEM_ONLY ones
 
 
 def item_columns(items: ItemTable) -> np.ndarray:
-    """[len(items), 8] float64: the _ITEM_ONLY features of every item, then its price; made on
-    first use and kept with the table (a large catalog's candidates are scattered over memory:
-    one row each instead of a read in ten arrays)."""
+    """[len(items), 10] float64: the _ITEM_ONLY features of every item, then its price, category
+    code and brand code (exact in float64); made on first use and kept with the table. One row per
+    candidate instead of a read in several arrays: a large catalog's candidates are scattered
+    over memory, and under load each read is a cache miss (an 80-byte row is two cache lines,
+    the three arrays it replaces were three to four; docs/benchmarks.md, twenty-fifth session)."""
     block = items.derived.get("ranking_item_columns")
     if block is None:
         created = items.created_epoch
         age = np.where(created > 0, np.log1p(np.maximum(items.as_of_epoch - created, 0.0) / 86400.0), 0.0)
         block = np.column_stack([np.log1p(items.n_view), np.log1p(items.n_purchase), items.conversion_rate,
                                  np.log1p(items.price), np.log1p(items.n_view_7d), np.log1p(items.n_purchase_7d),
-                                 age, items.price]).astype(np.float64, copy=False)
+                                 age, items.price, items.category_code, items.brand_code]).astype(np.float64, copy=False)
         items.derived["ranking_item_columns"] = block
     return block
 
@@ -164,11 +167,11 @@ def _fill_rows(x, c, retrieval, block, avg_price, user_values, recent, carted, c
         x[i, 0] = retrieval[i]
         for j in range(7):  # the _ITEM_ONLY columns, in their order
             x[i, _ITEM_ONLY_T[j]] = block[p, j]
-        x[i, 5] = np.log((block[p, 7] + 1.0) / (avg_price + 1.0)) if avg_price > 0 else 0.0
+        x[i, 5] = np.log((block[p, PRICE_COLUMN] + 1.0) / (avg_price + 1.0)) if avg_price > 0 else 0.0
         x[i, 6] = 1.0 if avg_price > 0 else 0.0
         x[i, 7], x[i, 8], x[i, 9] = user_values[0], user_values[1], user_values[2]
-        x[i, 10] = in_category[category_code[p]] / n_recent
-        x[i, 11] = in_brand[brand_code[p]] / n_recent
+        x[i, 10] = in_category[int(block[p, CATEGORY_COLUMN])] / n_recent
+        x[i, 11] = in_brand[int(block[p, BRAND_COLUMN])] / n_recent
         x[i, 12] = 1.0 if _find(recent_sorted, p) >= 0 else 0.0
         x[i, 13] = 1.0 if _find(carted_sorted, p) >= 0 else 0.0
         row = cooc_rows[i]

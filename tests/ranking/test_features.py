@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from feature_repo.data.item_table import ItemTable
-from ranking.features import FEATURE_NAMES, is_member, item_columns, rank_features
+from ranking.features import (BRAND_COLUMN, CATEGORY_COLUMN, FEATURE_NAMES, PRICE_COLUMN, is_member, item_columns,
+                              rank_features)
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -158,9 +159,11 @@ def test_item_columns_are_made_once_from_the_item_arrays(items):
     block = item_columns(items)
     assert block is item_columns(items)  # kept with the table
     np.testing.assert_array_equal(block[:, 0], np.log1p(items.n_view))
-    np.testing.assert_array_equal(block[:, -1], items.price)
+    np.testing.assert_array_equal(block[:, PRICE_COLUMN], items.price)
+    np.testing.assert_array_equal(block[:, CATEGORY_COLUMN], items.category_code)
+    np.testing.assert_array_equal(block[:, BRAND_COLUMN], items.brand_code)
     x = rank_features({}, np.arange(len(items)), np.zeros(len(items), np.float32), items)
-    np.testing.assert_array_equal(x[:, [1, 2, 3, 4, 14, 15, 16]], block[:, :-1].astype(np.float32))
+    np.testing.assert_array_equal(x[:, [1, 2, 3, 4, 14, 15, 16]], block[:, :PRICE_COLUMN].astype(np.float32))
 
 
 def _rank_features_oracle(user, c, retrieval, items, cooc):
@@ -173,8 +176,8 @@ def _rank_features_oracle(user, c, retrieval, items, cooc):
     block = item_columns(items)[c]
     x = np.zeros((len(c), len(FEATURE_NAMES)), dtype=np.float32)
     x[:, 0] = retrieval
-    x[:, [1, 2, 3, 4, 14, 15, 16]] = block[:, :-1]
-    x[:, 5] = np.log((block[:, -1] + 1.0) / (avg + 1.0)) if avg > 0 else 0.0
+    x[:, [1, 2, 3, 4, 14, 15, 16]] = block[:, :PRICE_COLUMN]
+    x[:, 5] = np.log((items.price[c] + 1.0) / (avg + 1.0)) if avg > 0 else 0.0
     x[:, 6] = float(avg > 0)
     x[:, 7] = np.log1p(float(user.get("n_view") or 0))
     x[:, 8] = np.log1p(float(user.get("n_purchase") or 0))
