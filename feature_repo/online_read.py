@@ -68,7 +68,8 @@ class OnlineRowReader:
 
     def read_many(self, entity_ids: list[str]) -> list[dict[str, Any]]:
         """``read`` for several entities, in their order, with one ``online_read`` per feature
-        view for all of them (what a batch of requests costs the store)."""
+        view for all of them (what a batch of requests costs the store); on SQLite, one query
+        per ``_SQLITE_KEYS_PER_QUERY`` entities for all the views."""
         if self._sqlite_query is not None:
             return self._read_sqlite(entity_ids)
         keys = [self._key(e) for e in entity_ids]
@@ -97,8 +98,10 @@ class OnlineRowReader:
         keys = [serialize_entity_key(self._key(e), entity_key_serialization_version=version) for e in entity_ids]
         stored: dict[tuple[int, bytes], dict[str, bytes]] = {}
         conn = self._online_store._get_conn(self.store.config)
-        for view, key, name, value in conn.execute(self._sqlite_query(len(keys)), keys * len(self.tables)):
-            stored.setdefault((view, key), {})[name] = value
+        for start in range(0, len(keys), _SQLITE_KEYS_PER_QUERY):  # within SQLite's limit on bound values
+            chunk = keys[start:start + _SQLITE_KEYS_PER_QUERY]
+            for view, key, name, value in conn.execute(self._sqlite_query(len(chunk)), chunk * len(self.tables)):
+                stored.setdefault((view, key), {})[name] = value
         value_proto, known = self._protos[1], self._scalars
         out: list[dict[str, Any]] = []
         for key in keys:
@@ -125,7 +128,8 @@ class OnlineRowReader:
 
 
 _UNPARSED = object()
-_KNOWN_SCALARS = 16384  # values remembered per reader (cleared when full): ~1 MB at most
+_KNOWN_SCALARS = 16384  # values remembered per reader (cleared when full): a few MB at most
+_SQLITE_KEYS_PER_QUERY = 500  # each key is bound once per view; SQLite allows 32,766 values a query
 
 
 def _sqlite_query(store, online_store, tables):

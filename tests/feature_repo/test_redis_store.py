@@ -228,6 +228,14 @@ def test_the_sqlite_reader_makes_one_query_per_read_and_sees_a_push(push_stores,
     finally:
         conn.set_trace_callback(None)
     assert len(statements) == 1 and statements[0].count("UNION ALL") == len(reader.tables) - 1
+    many = [users[i % len(users)] for i in range(1203)] + ["nobody-at-all"]  # more keys than one query binds
+    statements.clear()
+    conn.set_trace_callback(statements.append)
+    try:
+        rows = reader.read_many(many)
+    finally:
+        conn.set_trace_callback(None)
+    assert len(statements) == 3 and rows[5] == reader.read(many[5]) and rows[-1]["n_view"] is None
     new_items = ["i000004", "i000005"]
     assert before["recent_items"] != new_items
     store.push("user_recent_push", _recent(user, pd.Timestamp.now(tz="UTC"), new_items), to=PushMode.ONLINE)
