@@ -100,7 +100,10 @@ class OnlineRowReader:
         conn = self._online_store._get_conn(self.store.config)
         for start in range(0, len(keys), _SQLITE_KEYS_PER_QUERY):  # within SQLite's limit on bound values
             chunk = keys[start:start + _SQLITE_KEYS_PER_QUERY]
-            for view, key, name, value in conn.execute(self._sqlite_query(len(chunk)), chunk * len(self.tables)):
+            # fetchall, as Feast's read does: the statement is done before another thread (an
+            # events push on the same connection) can commit between our steps.
+            answered = conn.execute(self._sqlite_query(len(chunk)), chunk * len(self.tables)).fetchall()
+            for view, key, name, value in answered:
                 stored.setdefault((view, key), {})[name] = value
         value_proto, known = self._protos[1], self._scalars
         out: list[dict[str, Any]] = []
