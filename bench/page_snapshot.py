@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def snapshot(ws_root: Path, users_n: int = 300, seed: int = 3) -> dict:
+def snapshot(ws_root: Path, users_n: int = 300, seed: int = 3, rankers=("dcn", "lstm")) -> dict:
     import pandas as pd
 
     from feature_repo.workspace import Workspace
@@ -35,7 +35,7 @@ def snapshot(ws_root: Path, users_n: int = 300, seed: int = 3) -> dict:
     users = events["user_id"].drop_duplicates().sample(users_n, random_state=seed).tolist()
     items = events["item_id"].drop_duplicates().sample(users_n, random_state=seed + 1).tolist()
     out = {}
-    for kind in ("dcn", "lstm"):
+    for kind in rankers:
         rec = Recommender(ws, quotas=Quotas(two_tower=520), ranker=kind)
         categories = sorted(set(rec.models.items.category))
         calls = []
@@ -84,10 +84,12 @@ def main() -> None:
     p.add_argument("--workspace", default="var")
     p.add_argument("--out", default=None, help="write the snapshot here")
     p.add_argument("--compare", default=None, help="compare with this earlier snapshot")
+    p.add_argument("--rankers", nargs="+", default=["dcn", "lstm"], choices=["dcn", "lstm"],
+                   help="ranker kinds to answer with (the bench workspaces of 100k and 1M items train the DCN only)")
     args = p.parse_args()
     if not (args.out or args.compare):
         p.error("give --out FILE (take a snapshot) and/or --compare FILE (check against one)")
-    pages = snapshot(Path(args.workspace))
+    pages = snapshot(Path(args.workspace), rankers=args.rankers)
     if args.out:
         Path(args.out).write_text(json.dumps(pages))
     counts = {kind: {part: len(rows) for part, rows in parts.items()} for kind, parts in pages.items()}
