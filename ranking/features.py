@@ -45,16 +45,6 @@ def _num(user: Mapping[str, Any], key: str) -> float:
     return float(v) if v is not None else 0.0
 
 
-def is_member(values: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """``np.isin(values, members)`` for integer arrays, by binary search in the sorted members:
-    a request's few dozen recent or blocked items against its hundreds of candidates, where
-    ``np.isin`` pays for sorting both."""
-    if not len(members):
-        return np.zeros(len(values), dtype=bool)
-    members = np.sort(members)
-    return members[np.minimum(np.searchsorted(members, values), len(members) - 1)] == values
-
-
 # The features that depend on the candidate alone, in their FEATURE_NAMES columns: computed
 # for every item once per table (item_columns), so that a request gathers one row per candidate.
 _ITEM_ONLY = [1, 2, 3, 4, 14, 15, 16]

@@ -148,19 +148,16 @@ class CooccurrenceModel:
 
     def neighbours(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
         """The item's best ``k`` neighbours, best first ([] for an item outside the catalog)."""
-        i = self.position.get(item_id)
-        if i is None:
-            return []
-        lo, hi = self.indptr[i], min(self.indptr[i + 1], self.indptr[i] + k)
-        return [(self.item_ids[j], float(s)) for j, s in zip(self.indices[lo:hi], self.scores[lo:hi])]
+        rows, scores = self.neighbour_rows(item_id)
+        k = max(k, 0)
+        return [(self.item_ids[j], float(s)) for j, s in zip(rows[:k], scores[:k])]
 
     def neighbour_rows(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The item's whole neighbour list as (model rows, float32 scores), best first; empty
         arrays outside the catalog. Views of the model's arrays: do not write to them."""
         i = self.position.get(item_id)
-        if i is None:
-            return self.indices[:0], self.scores[:0]
-        return self.indices[self.indptr[i]:self.indptr[i + 1]], self.scores[self.indptr[i]:self.indptr[i + 1]]
+        lo, hi = (0, 0) if i is None else (self.indptr[i], self.indptr[i + 1])
+        return self.indices[lo:hi], self.scores[lo:hi]
 
     def marks(self) -> np.ndarray:
         """This thread's scratch of -1 per model row, for one-pass kernels that mark rows and

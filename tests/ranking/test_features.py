@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from feature_repo.data.item_table import ItemTable
-from ranking.features import (BRAND_COLUMN, CATEGORY_COLUMN, FEATURE_NAMES, PRICE_COLUMN, is_member, item_columns,
+from ranking.features import (BRAND_COLUMN, CATEGORY_COLUMN, FEATURE_NAMES, PRICE_COLUMN, item_columns,
                               rank_features)
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -145,14 +145,6 @@ def test_a_missing_category_or_brand_is_a_code_of_its_own():
     x = rank_features(user, np.arange(3), np.zeros(3), table)  # the recent B has no category
     np.testing.assert_allclose(x[:, COL["category_share_recent"]], [0.0, 0.5, 0.5])
     np.testing.assert_allclose(x[:, COL["brand_share_recent"]], [0.5, 0.5, 0.5])
-
-
-def test_is_member_equals_numpy_isin():
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        values = rng.integers(0, 50, size=int(rng.integers(0, 40)))
-        members = rng.integers(0, 50, size=int(rng.integers(0, 12)))
-        np.testing.assert_array_equal(is_member(values, members), np.isin(values, members))
 
 
 def test_item_columns_are_made_once_from_the_item_arrays(items):
