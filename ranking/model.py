@@ -31,6 +31,11 @@ FUNNEL_TASKS = ("click", "add_to_cart", "purchase")
 DEFAULT_TASK_WEIGHTS = {"click": 0.1, "add_to_cart": 0.2, "purchase": 0.7}
 EVENT_TYPE_IDS = {"view": 2, "click": 3, "add_to_cart": 4, "purchase": 5}  # 0 pad, 1 unknown
 PAD, UNKNOWN = 0, 1
+# The deep stack's widths per kind. The DCN scores ~560 candidates per request on the serving
+# path, where its width is most of its cost: (64, 32) ranks as well as (128, 64) on the synthetic
+# shops (holdout AUC and NDCG@10 within seed noise) at half the CPU per request
+# (docs/benchmarks.md, twenty-sixth session).
+DEFAULT_HIDDEN = {"dcn": (64, 32), "lstm": (128, 64)}
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ class RankerSpec:
     kind: str = "dcn"
     tasks: tuple[str, ...] = FUNNEL_TASKS
     task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
-    hidden: tuple[int, ...] = (128, 64)
+    hidden: tuple[int, ...] = ()  # () = the kind's default (DEFAULT_HIDDEN)
     cross_layers: int = 2  # dcn only
     history_len: int = 20  # lstm only: recent positions read (of the RECENT_N stored)
     item_dim: int = 32  # lstm only
@@ -50,6 +55,8 @@ class RankerSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"ranker kind={self.kind!r} is unknown; expected one of {KINDS}.")
+        if not self.hidden:
+            object.__setattr__(self, "hidden", DEFAULT_HIDDEN[self.kind])  # frozen: set once, here
         missing = [t for t in self.tasks if t not in self.task_weights]
         if missing:
             raise ValueError(f"task_weights lack {missing}; give every task in {self.tasks} a weight.")

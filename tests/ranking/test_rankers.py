@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ranking.model import FUNNEL_TASKS, ItemVocabulary, RankerSpec
+from ranking.model import FUNNEL_TASKS, ItemVocabulary, Ranker, RankerSpec
 from ranking.train import RankingSet, auc, evaluate, export, gauc, hit_rate, ndcg_at_k, predict_logits, train_ranker
 
 N_ITEMS, L, F = 60, 8, 5
@@ -128,3 +128,13 @@ def test_spec_rejects_unknown_kind_and_missing_weights():
         RankerSpec(kind="xgboost")
     with pytest.raises(ValueError, match="task_weights"):
         RankerSpec(tasks=("purchase", "return"))
+
+
+def test_spec_width_defaults_per_kind_and_an_explicit_width_wins():
+    from ranking.model import DEFAULT_HIDDEN
+
+    assert RankerSpec(kind="dcn").hidden == DEFAULT_HIDDEN["dcn"] == (64, 32)  # the served, cheap one
+    assert RankerSpec(kind="lstm").hidden == DEFAULT_HIDDEN["lstm"]
+    assert RankerSpec(kind="dcn", hidden=(128, 64)).hidden == (128, 64)  # a manifest's spec loads as saved
+    model = Ranker(RankerSpec(kind="dcn"), n_features=5, n_items=10)
+    assert [layer.units for layer in model.deep] == [64, 32]
