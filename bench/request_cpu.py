@@ -3,7 +3,8 @@
 The served configuration of one process per core: TensorFlow limited to one thread
 (serving/launcher.py), the real Recommender on a trained workspace, real users one after the
 other. Each step is timed with ``time.process_time`` around the Recommender's own calls, so
-the steps add up to the request (``rest``: filters, merging, the response objects).
+the steps add up to the request (``page``: final scores, the page rules and the response items;
+``rest``: preparing the history, the filters and the retrieval scores).
 
     .venv/bin/python bench/request_cpu.py --workspace var --ranker dcn --two-tower 520 --batch 1 2 4 8
 
@@ -77,13 +78,13 @@ def main() -> None:
         rec = pipeline.Recommender(ws, quotas=Quotas(two_tower=args.two_tower), ranker=kind, model_runtime=runtime)
         m = rec.models
         # Module-level functions are patched where the pipeline looks them up; restored below.
-        originals = {name: getattr(pipeline, name) for name in ("rank_features", "pick_page")}
+        originals = {name: getattr(pipeline, name) for name in ("rank_features",)}
         timed(rec, "users_features", "feast_read")
         timed(m, "embed_users", "user_tower")
         timed(rec._live.sources, "gather", "candidates")
         timed(pipeline, "rank_features", "features")
         timed(m, "score_heads", "ranker")
-        timed(pipeline, "pick_page", "rules")
+        timed(rec, "_page", "page")
         for batch in args.batch:
             def run(some: list[str]) -> None:
                 for i in range(0, len(some), batch):
@@ -106,7 +107,7 @@ def main() -> None:
             setattr(pipeline, name, fn)
         rec.close()
     print(json.dumps({"workspace": str(ws.root), "two_tower": args.two_tower, "results": results}, indent=2))
-    order = ["feast_read", "user_tower", "candidates", "features", "ranker", "rules", "rest", "total"]
+    order = ["feast_read", "user_tower", "candidates", "features", "ranker", "page", "rest", "total"]
     print(render([{"step": s, **{f"{k} ms": rows[k].get(s, 0.0) for k in rows}} for s in order]))
 
 
