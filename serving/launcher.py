@@ -55,7 +55,7 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool, number:
     recommender.watch(cfg.reload_seconds)  # hot reload of newly published versions
     return start(recommender, cfg.host, cfg.port, cfg.workers, cfg.limits, reuse_port=reuse_port,
                  max_batch=cfg.max_batch, max_event_batch=cfg.max_event_batch,
-                 process=(number, cfg.processes))
+                 process=(number, cfg.processes), helper_threads=cfg.helper_threads)
 
 
 def limit_tensorflow_threads(threads: int) -> None:

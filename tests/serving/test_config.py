@@ -98,6 +98,7 @@ BAD = [  # (file text, environment, flags) → substrings the message must conta
     ('ranker = "mlp"\n', {}, {}, ["ranker in", "published, dcn, lstm"]),
     ('model_runtime = "onnx"\n', {}, {}, ["model_runtime in", "lite, tensorflow"]),
     ("", {"SHOPREC_SERVE_MODEL_RUNTIME": "tf"}, {}, ["SHOPREC_SERVE_MODEL_RUNTIME", "lite, tensorflow"]),
+    ('helper_threads = "fifo"\n', {}, {}, ["helper_threads in", "batch, normal"]),
     ("processes = 65\n", {}, {}, ["processes in", "between 1 and 64"]),
     ("", {}, {"processes": 0}, ["--processes", "between 1 and 64"]),
     ("port = 0\n", {"SHOPREC_SERVE_PROCESSES": "2"}, {},
