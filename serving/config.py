@@ -66,11 +66,12 @@ class ServingConfig:
         process per core, one thread each is fastest (no oversubscription); a single process
         still gets every core (docs/benchmarks.md).
       processes: server processes sharing the port (SO_REUSEPORT); one per core uses them all.
-      helper_threads: "batch" (default) runs every thread of a server process but its main
-        thread and its event loop under Linux's SCHED_BATCH policy: gRPC's poller and
-        event-engine threads then stop preempting the thread that answers requests, which
-        needs the same core and holds the GIL they wait for (4-8% more calls per second on
-        2 cores, docs/benchmarks.md); "normal" leaves every thread's scheduling alone.
+      helper_threads: "normal" (default) leaves every thread's scheduling alone; "batch" runs
+        every thread of a server process but its main thread and its event loop under Linux's
+        SCHED_BATCH policy, so that gRPC's poller and event-engine threads stop preempting the
+        thread that answers requests (it holds the GIL they wait for). Measured on 2 cores:
+        less server CPU per call and more calls per second on 100k items, mixed on 1M, p99 no
+        better (docs/benchmarks.md, twenty-sixth session): for throughput, not for the tail.
       workspace: workspace directory; None means --workspace, else $SHOPREC_HOME, else ./var.
       online_store: "sqlite" or "redis://HOST:PORT[/DB]"; None means $SHOPREC_ONLINE_STORE or sqlite.
       store_retry_seconds: after a failed online-store read, skip the store this long.
@@ -91,7 +92,7 @@ class ServingConfig:
     ranker: str = "published"
     model_runtime: str = "lite"
     processes: int = 1
-    helper_threads: str = "batch"
+    helper_threads: str = "normal"
     workspace: Path | None = None
     online_store: str | None = None
     store_retry_seconds: float = 5.0

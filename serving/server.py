@@ -290,9 +290,10 @@ def batch_scheduling(keep: set[int]) -> int:
     wake for every read and write. Under the normal policy each wake-up may preempt the
     request's thread on its core (~6-7 involuntary switches per Recommend under load), only for
     the poller to block on the GIL again. SCHED_BATCH threads do not preempt on wake-up; they
-    run when a core is free or at the next regular switch. Measured on 2 cores under load:
-    4-8% more Recommend calls per second, 5-8% less server CPU a call, the same p99
-    (docs/benchmarks.md, twenty-sixth session).
+    run when a core is free or at the next regular switch. Measured on 2 cores under load, on
+    100k items: 4-8% more Recommend calls per second and 5-8% less server CPU a call; on 1M
+    items mixed; p99 no better, with more stalls (docs/benchmarks.md, twenty-sixth session).
+    Hence an option (``helper_threads = "batch"``), not the default.
     """
     if not hasattr(os, "SCHED_BATCH") or not os.path.isdir("/proc/self/task"):
         return 0
@@ -357,7 +358,7 @@ class RunningServer:
 
 def start(recommender: Recommender, host: str = "127.0.0.1", port: int = 50051, workers: int = 0,
           limits: Limits = Limits(), reuse_port: bool = False, max_batch: int = 1,
-          max_event_batch: int = 8, process: tuple[int, int] = (1, 1), helper_threads: str = "batch") -> RunningServer:
+          max_event_batch: int = 8, process: tuple[int, int] = (1, 1), helper_threads: str = "normal") -> RunningServer:
     """Start serving on host:port (port 0 picks a free one) and mark the service SERVING.
 
     ``workers``: 0 runs requests on the server's event loop, N on N threads (module docstring).
@@ -369,11 +370,10 @@ def start(recommender: Recommender, host: str = "127.0.0.1", port: int = 50051, 
     kernel spreads connections over them), which is how one machine's cores are all used.
     ``process``: (this process's number, the processes on the port), reported by GetInfo so
     that a client can spread its calls over the processes (serving/client.py).
-    ``helper_threads``: "batch" runs every thread of the process but the main thread and the
-    event loop's (gRPC's poller and event-engine threads, RecordEvents' push thread, the model
-    watcher) under SCHED_BATCH, so that their wake-ups do not preempt the thread answering
-    requests (``batch_scheduling``); "normal" leaves the scheduling alone, e.g. for an
-    application that embeds the server next to threads of its own.
+    ``helper_threads``: "normal" leaves the scheduling alone; "batch" runs every thread of the
+    process but the main thread and the event loop's (gRPC's poller and event-engine threads,
+    RecordEvents' push thread, the model watcher) under SCHED_BATCH, so that their wake-ups do
+    not preempt the thread answering requests (``batch_scheduling``).
     """
     if helper_threads not in HELPER_THREADS:
         raise ValueError(f"helper_threads must be one of {HELPER_THREADS}; got {helper_threads!r}")

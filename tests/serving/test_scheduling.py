@@ -61,7 +61,17 @@ def _policy(tid: int) -> int:
     return os.sched_getscheduler(tid)
 
 
-def test_the_server_loop_keeps_the_normal_policy_and_grpc_threads_are_batch(grpc_server):
+def test_with_batch_helpers_the_server_loop_keeps_the_normal_policy_and_grpc_threads_are_batch(recommender):
+    from serving.server import start
+
+    running = start(recommender, port=0, helper_threads="batch")
+    try:
+        _check_batch_helpers()
+    finally:
+        running.stop()
+
+
+def _check_batch_helpers() -> None:
     loop = next(t for t in threading.enumerate() if t.name == "shoprec-grpc")
     assert _policy(loop.native_id) == os.SCHED_OTHER
     assert _policy(threading.main_thread().native_id) == os.SCHED_OTHER
