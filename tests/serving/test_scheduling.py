@@ -57,28 +57,31 @@ def test_batch_scheduling_demotes_every_thread_but_the_kept_ones():
     assert got["child"] == "batch"  # a thread a helper starts later is a helper too
 
 
-def _policy(tid: int) -> int:
-    return os.sched_getscheduler(tid)
-
-
 def test_with_batch_helpers_the_server_loop_keeps_the_normal_policy_and_grpc_threads_are_batch(recommender):
     from serving.server import start
 
     running = start(recommender, port=0, helper_threads="batch")
     try:
-        _check_batch_helpers()
+        loop = next(t for t in threading.enumerate() if t.name == "shoprec-grpc")
+        assert os.sched_getscheduler(loop.native_id) == os.SCHED_OTHER
+        assert os.sched_getscheduler(threading.main_thread().native_id) == os.SCHED_OTHER
+        names = {int(tid): Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+                 for tid in os.listdir("/proc/self/task")}
+        engine = [tid for tid, name in names.items() if name == "event_engine"]
+        assert engine, f"no gRPC event-engine thread among {sorted(set(names.values()))}"
+        assert all(os.sched_getscheduler(tid) == os.SCHED_BATCH for tid in engine)
     finally:
         running.stop()
+        _restore_normal_policy()  # pytest's threads outlive this test
 
 
-def _check_batch_helpers() -> None:
-    loop = next(t for t in threading.enumerate() if t.name == "shoprec-grpc")
-    assert _policy(loop.native_id) == os.SCHED_OTHER
-    assert _policy(threading.main_thread().native_id) == os.SCHED_OTHER
-    names = {int(tid): Path(f"/proc/self/task/{tid}/comm").read_text().strip() for tid in os.listdir("/proc/self/task")}
-    engine = [tid for tid, name in names.items() if name == "event_engine"]
-    assert engine, f"no gRPC event-engine thread among {sorted(set(names.values()))}"
-    assert all(_policy(tid) == os.SCHED_BATCH for tid in engine)
+def _restore_normal_policy() -> None:
+    for tid in map(int, os.listdir("/proc/self/task")):
+        try:
+            if os.sched_getscheduler(tid) == os.SCHED_BATCH:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:  # the thread ended meanwhile
+            continue
 
 
 def test_helper_threads_must_be_batch_or_normal(recommender):
