@@ -69,7 +69,7 @@ class ServingConfig:
       helper_threads: "normal" (default) leaves every thread's scheduling alone; "batch" runs
         every thread of a server process but its main thread and its event loop under Linux's
         SCHED_BATCH policy, so that gRPC's poller and event-engine threads stop preempting the
-        thread that answers requests (it holds the GIL they wait for). Measured on 2 cores:
+        thread that answers requests at each of their wake-ups. Measured on 2 cores:
         less server CPU per call and more calls per second on 100k items, mixed on 1M, p99 no
         better (docs/benchmarks.md, twenty-sixth session): for throughput, not for the tail.
       workspace: workspace directory; None means --workspace, else $SHOPREC_HOME, else ./var.

@@ -285,12 +285,12 @@ def batch_scheduling(keep: set[int]) -> int:
     the normal policy into SCHED_BATCH (Linux); returns how many changed. Threads they start
     later inherit it.
 
-    Why: the thread that answers requests holds the GIL while it runs Python. gRPC's completion
-    queue poller needs the GIL for each of the ~6 events of a call, and its event-engine threads
-    wake for every read and write. Under the normal policy each wake-up may preempt the
-    request's thread on its core (~6-7 involuntary switches per Recommend under load), only for
-    the poller to block on the GIL again. SCHED_BATCH threads do not preempt on wake-up; they
-    run when a core is free or at the next regular switch. Measured on 2 cores under load, on
+    Why: gRPC's completion-queue poller (native code, without the GIL) wakes for each of the ~4
+    completion events of a call and writes a byte to a socketpair that wakes the event loop;
+    its event-engine threads wake for every read and write. Under the normal policy each
+    wake-up may preempt the thread answering requests on its core (~6-7 involuntary switches
+    per Recommend under load). SCHED_BATCH threads do not preempt on wake-up; they run when a
+    core is free or at the next regular switch. Measured on 2 cores under load, on
     100k items: 4-8% more Recommend calls per second and 5-8% less server CPU a call; on 1M
     items mixed; p99 no better, with more stalls (docs/benchmarks.md, twenty-sixth session).
     Hence an option (``helper_threads = "batch"``), not the default.
