@@ -9,6 +9,7 @@ window's CPU splits into client, server processes and everyone else.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
+# What each server process logs about its user cache when it stops (serving.server).
+USER_CACHE_LINE = re.compile(r"user cache: (?P<hits>\d+) of (?P<lookups>\d+) lookups answered")
 
 
 def loadavg() -> list[float]:
@@ -127,6 +130,14 @@ class ServerProcess:
     def startup_lines(self) -> list[str]:
         """What `shoprec serve` said while starting: each process's ready line (with its pid) and its own."""
         return [line for line in self.log.read_text().splitlines() if " serving on " in line]
+
+    def user_cache_hits(self) -> tuple[int, int]:
+        """(answered, lookups) of the processes' user caches, summed over the lines each process
+        logs when it stops (serving.server); (0, 0) before the server has stopped."""
+        hits = lookups = 0
+        for m in USER_CACHE_LINE.finditer(self.log.read_text() if self.log.exists() else ""):
+            hits, lookups = hits + int(m["hits"]), lookups + int(m["lookups"])
+        return hits, lookups
 
     def start(self) -> str:
         started = time.monotonic()

@@ -36,3 +36,14 @@ def test_importing_the_bench_leaves_grpc_settings_alone():
     probe = "import os, bench.load as b; print(os.environ.get('GRPC_EXPERIMENTS'), 'GRPC_EXPERIMENTS' in b.SERVER_ENV)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["None", "False"]
+
+
+def test_user_cache_hits_sum_each_process_line_of_the_server_log(tmp_path):
+    server = ServerProcess(tmp_path, 2, {}, tmp_path / "logs")
+    assert server.user_cache_hits() == (0, 0)  # no log yet: nothing to report, no error
+    server.log.parent.mkdir(parents=True, exist_ok=True)
+    server.log.write_text(
+        "2026-12-07 13:45:39,426 INFO serve-1/2 serving.server: user cache: 978 of 13516 lookups answered (7%) since the last reload\n"
+        "2026-12-07 13:45:39,500 INFO serve-1/2 serving.server: Recommend: 10 calls answered in 5 batches\n"
+        "2026-12-07 13:45:39,542 INFO serve-2/2 serving.server: user cache: 1196 of 13334 lookups answered (9%) since the last reload\n")
+    assert server.user_cache_hits() == (978 + 1196, 13516 + 13334)
