@@ -13,7 +13,8 @@ pipeline thread does under load); the steps are then CPU per request of the batc
 ``--runtime lite tensorflow``: the models through their TensorFlow Lite copies, then through
 TensorFlow (serving/lite.py). Each (ranker, runtime) serves the same users at every batch size:
 the first size measured sees first visits (the user tower and FAISS run for each), the later
-ones repeats answered by the user cache.
+ones repeats answered by the user cache. ``--first-visits`` gives each batch size users of its
+own instead, so that every size measures the cache-miss path.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes to measure, in turn")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--first-visits", action="store_true",
+                   help="other users for each batch size: every size measures first visits (cache misses)")
     p.add_argument("--runtime", nargs="+", default=["lite"], choices=MODEL_RUNTIMES,
                    help="model runtimes to measure, in turn (serving's model_runtime)")
     args = p.parse_args()
@@ -57,8 +60,10 @@ def main() -> None:
     from shoprec.table import render
 
     ws = Workspace.at(Path(args.workspace))
-    users = (pd.read_parquet(ws.clean_dir / "events.parquet", columns=["user_id"])["user_id"].drop_duplicates()
-             .sample(args.users + args.warmup, random_state=args.seed).tolist())
+    per_size = args.users + args.warmup
+    sizes_apart = len(args.batch) if args.first_visits else 1
+    sampled = (pd.read_parquet(ws.clean_dir / "events.parquet", columns=["user_id"])["user_id"].drop_duplicates()
+               .sample(per_size * sizes_apart, random_state=args.seed).tolist())
     spent: dict[str, float] = defaultdict(float)
 
     def timed(owner, name: str, step: str) -> None:
@@ -85,7 +90,9 @@ def main() -> None:
         timed(pipeline, "rank_features", "features")
         timed(m, "score_heads", "ranker")
         timed(rec, "_page", "page")
-        for batch in args.batch:
+        for n_size, batch in enumerate(args.batch):
+            users = sampled[(n_size % sizes_apart) * per_size:][:per_size]
+
             def run(some: list[str]) -> None:
                 for i in range(0, len(some), batch):
                     rec.recommend_many([(u, 20, RequestContext()) for u in some[i:i + batch]])
@@ -100,6 +107,8 @@ def main() -> None:
             steps["rest"] = round((total - sum(spent.values())) / n * 1000, 3)
             steps["total"] = round(total / n * 1000, 3)
             name = kind + (f" {runtime}" if len(args.runtime) > 1 else "") + (f" x{batch}" if len(args.batch) > 1 else "")
+            if args.batch.count(batch) > 1:  # the same size again: its repeat visits, or other users
+                name += f" ({args.batch[:n_size + 1].count(batch)})"
             results[name] = {"version": m.versions["ranking"], "runtime": runtime, "requests": n, "batch": batch,
                              "cpu_ms_per_request": steps}
             rows[name] = steps

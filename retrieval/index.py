@@ -44,6 +44,16 @@ class ItemIndex:
     def dim(self) -> int:
         return self.index.d
 
+    @property
+    def scores_exact(self) -> bool:
+        """Whether ``search``'s scores are the exact inner products: the index keeps the vectors
+        uncompressed (Flat, IVF…,Flat, HNSW…,Flat). PQ and SQ codes give approximations."""
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            return isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)
+        storage = getattr(self.index, "storage", None)  # HNSW's vectors
+        return isinstance(faiss.downcast_index(storage) if storage is not None else self.index, faiss.IndexFlat)
+
     def __len__(self) -> int:
         return self.index.ntotal
 

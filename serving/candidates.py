@@ -99,14 +99,22 @@ class CandidateSources:
         self.cooc_to_item = (None if cooccurrence is None else
                              np.array([items.position.get(i, -1) for i in cooccurrence.item_ids], dtype=np.int64))
         self._seen = PerThreadMarks(len(items))  # Candidates.merge's scratch
+        self.scores_exact = bool(getattr(index, "scores_exact", False))
 
     def two_tower(self, user_emb: np.ndarray) -> np.ndarray:
         """ItemTable positions of the index's nearest items to a [1, D] user embedding, best first."""
+        return self.two_tower_scored(user_emb)[0]
+
+    def two_tower_scored(self, user_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``two_tower``'s positions and their inner products with ``user_emb`` (float32) when
+        the index computed them exactly (``ItemIndex.scores_exact``), else None."""
         if not self.quotas.two_tower:
-            return np.zeros(0, np.int64)
-        pos, _ = self.index.search(user_emb, self.quotas.two_tower)
-        found = self.index_to_item[pos[0][pos[0] >= 0]]
-        return found[found >= 0]
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        pos, scores = self.index.search(user_emb, self.quotas.two_tower)
+        kept = pos[0] >= 0
+        found = self.index_to_item[pos[0][kept]]
+        known = found >= 0
+        return found[known], (scores[0][kept][known] if self.scores_exact else None)
 
     def gather(self, user_emb: np.ndarray | None, history: list[str],
                context: Sequence[tuple[Iterable[int], str]] = (), two_tower: np.ndarray | None = None) -> Candidates:

@@ -404,8 +404,14 @@ class Recommender:
         m, ctx = live.models, r.ctx
         found = r.retrieved
         if found is not None and found.two_tower is None:  # kept with the embedding, for its next use
-            found.two_tower = live.sources.two_tower(found.embedding)
+            # With an index that keeps the vectors, FAISS's scores are the inner products
+            # _retrieval_scores needs: gathering ~500 scattered embedding rows again cost a
+            # first visit ~0.07 ms (docs/benchmarks.md, twenty-ninth session).
+            found.two_tower, scores = live.sources.two_tower_scored(found.embedding)
             found.two_tower.setflags(write=False)
+            if scores is not None:
+                found.two_tower_scores = scores.astype(np.float32, copy=False)
+                found.two_tower_scores.setflags(write=False)
         cand = live.sources.gather(r.user_emb, r.history, self._context_candidates(m, ctx),
                                    found.two_tower if found is not None else None)
         retrieval = self._retrieval_scores(m, cand.positions, found)

@@ -217,3 +217,15 @@ def test_recall_counts_tied_items_as_hits_and_worse_items_as_misses():
     assert recall_vs_exact(Returns([2, 1]), emb, q, 2) == 1.0  # 2 ties with 0: as good
     assert recall_vs_exact(Returns([2, 3]), emb, q, 2) == 0.5  # 3 scores lower: a miss
     assert recall_vs_exact(Returns([2, -1]), emb, q, 2) == 0.5  # FAISS pads with -1
+
+
+@pytest.mark.parametrize("factory, exact", [("Flat", True), ("HNSW16", True), ("IVF8,Flat", True),
+                                            ("IVF8,SQ8", False), ("IVF8,PQ4", False), ("HNSW16,SQ8", False)])
+def test_scores_are_called_exact_only_where_the_index_keeps_the_vectors(tmp_path, emb, queries, factory, exact):
+    index = ItemIndex.build(emb, _ids(len(emb)), factory, nprobe=8)
+    index.save(tmp_path)
+    loaded = ItemIndex.load(tmp_path, factory)  # read back from the file: the served case
+    assert index.scores_exact is exact and loaded.scores_exact is exact
+    pos, scores = loaded.search(queries, 20)
+    inner = np.einsum("qkd,qd->qk", emb[pos], queries)
+    assert np.allclose(scores, inner, atol=1e-5) is exact

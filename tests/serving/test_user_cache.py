@@ -84,3 +84,30 @@ def test_a_recorded_event_makes_a_new_key(trained_workspace, tmp_path):
     record_events(rec.store, [pb.Event(user_id=user, item_id=item, event_type="view")], rec.models.items.position)
     rec.recommend(user, 10)
     assert (rec.retrieval_cache.hits, rec.retrieval_cache.misses) == (hits, misses + 1)
+
+
+@pytest.mark.slow
+def test_kept_two_tower_scores_are_the_inner_products_whichever_index_serves(trained_workspace):
+    from retrieval.index import ItemIndex
+    from serving.candidates import CandidateSources, Quotas
+    from serving.recommender import Recommender, _inner_products
+
+    rec = Recommender(trained_workspace, ranker="dcn")
+    m = rec.models
+    assert rec._live.sources.scores_exact, f"{m.index.factory} keeps its vectors: FAISS's scores are exact"
+    user = pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].value_counts().index[0]
+    page = rec.recommend(user, 10)
+    (kept,) = [v for key, v in rec.retrieval_cache._entries.items() if key[0] == user]  # not the warm-up's
+    want = _inner_products(m, kept.two_tower, kept.embedding[0])
+    np.testing.assert_allclose(kept.two_tower_scores, want, rtol=1e-5, atol=1e-5)
+    by_item = dict(zip(m.items.item_ids[kept.two_tower], want))
+    shown = [(i.retrieval_score, by_item[i.item_id]) for i in page.items if i.item_id in by_item]
+    assert shown, "the page shows two-tower candidates"
+    np.testing.assert_allclose(*zip(*shown), rtol=1e-5, atol=1e-5)
+
+    # Compressed codes score approximately: such an index's scores are not used as inner products.
+    approx = ItemIndex.build(m.item_embeddings, list(m.index.item_ids), "IVF4,SQ4", nprobe=4)
+    assert not approx.scores_exact
+    sources = CandidateSources(m.items, approx, m.index_to_item, quotas=Quotas(two_tower=50))
+    positions, scores = sources.two_tower_scored(kept.embedding)
+    assert len(positions) == 50 and scores is None
