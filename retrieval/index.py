@@ -86,9 +86,12 @@ class ItemIndex:
         (directory / IDS_FILE).write_text(json.dumps(self.item_ids.tolist()))
 
     @classmethod
-    def load(cls, directory: Path, factory: str = "Flat") -> "ItemIndex":
+    def load(cls, directory: Path, factory: str = "Flat", shared: bool = False) -> "ItemIndex":
+        """``shared``: map the file's vectors read-only instead of copying them (FAISS's
+        IO_FLAG_MMAP_IFC), so that server processes on one machine hold one copy in memory and
+        in the CPU caches. Such an index cannot be added to; a published version never is."""
         try:
-            index = faiss.read_index(str(directory / INDEX_FILE))
+            index = faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_MMAP_IFC if shared else 0)
             ids = json.loads((directory / IDS_FILE).read_text())
         except (RuntimeError, OSError, ValueError) as e:
             raise IndexNotLoaded(f"cannot load the FAISS index in {directory}: {e}; rebuild it with `shoprec index`.") from e

@@ -122,7 +122,9 @@ class Models:
             retrieval_version = index_store.manifest(index_version)["retrieval_version"]
             retrieval_dir = ws.models_dir / "retrieval" / retrieval_version
             index_dir = index_store.root / index_version
-            index = ItemIndex.load(index_dir)
+            # Mapped, not copied: the server's processes share one copy of the index and the
+            # embeddings (a published version's files never change), 0.5 GB each on 1M items.
+            index = ItemIndex.load(index_dir, shared=True)
             ranking_version = ranking_version_for(ranking_store, ranker)
             ranking_manifest = ranking_store.manifest(ranking_version)
             if ranking_manifest["features"] != list(FEATURE_NAMES) or "spec" not in ranking_manifest:
@@ -131,7 +133,7 @@ class Models:
             user_tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
             item_tower = tf.saved_model.load(str(retrieval_dir / "item_tower"))
             scorer = tf.saved_model.load(str(ranking_store.root / ranking_version / "scorer"))
-            item_embeddings = np.load(index_dir / "item_embeddings.npy")  # aligned with the index
+            item_embeddings = np.load(index_dir / "item_embeddings.npy", mmap_mode="r")  # aligned with the index
         except ModelNotLoaded:
             raise
         except Exception as e:  # any missing or broken artifact: say what to run

@@ -229,3 +229,17 @@ def test_scores_are_called_exact_only_where_the_index_keeps_the_vectors(tmp_path
     pos, scores = loaded.search(queries, 20)
     inner = np.einsum("qkd,qd->qk", emb[pos], queries)
     assert np.allclose(scores, inner, atol=1e-5) is exact
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat"])
+def test_a_shared_load_maps_the_file_and_answers_as_a_copy_does(tmp_path, emb, queries, factory):
+    built = ItemIndex.build(emb, _ids(len(emb)), factory, nprobe=8)
+    built.save(tmp_path)
+    shared = ItemIndex.load(tmp_path, factory, shared=True)
+    copied = ItemIndex.load(tmp_path, factory)
+    for got, want in zip(shared.search(queries, 30), copied.search(queries, 30)):
+        np.testing.assert_array_equal(got, want)
+    data = (tmp_path / INDEX_FILE).read_bytes()
+    (tmp_path / INDEX_FILE).write_bytes(data[: len(data) // 2])  # a broken file still fails loudly
+    with pytest.raises(IndexNotLoaded, match="rebuild"):
+        ItemIndex.load(tmp_path, factory, shared=True)
