@@ -497,7 +497,9 @@ def main() -> None:
     args = p.parse_args()
 
     ws = Path(args.workspace).resolve()
-    wanted_fresh = 20 * args.fresh_users + 500 if args.fresh_users else 0  # freshness tests use new users
+    # Each freshness test (per server setup, event and background load) uses users of its own.
+    fresh_slots = len(args.fresh_events.split(",")) * 2
+    wanted_fresh = (1 if args.address else len(args.servers)) * fresh_slots * args.fresh_users
     pool = pick_users(ws, args.users + wanted_fresh, args.seed)
     fresh = min(wanted_fresh, len(pool) // 2)  # a small shop's users: half each, not an empty load mix
     fresh_pool, load_users = pool[:fresh], pool[fresh:][: args.users]
@@ -583,8 +585,11 @@ def main() -> None:
                                             "shed": sum(r["shed"] for r in rs), "runs": rs})
             for k_fresh, event in enumerate(args.fresh_events.split(",") if args.fresh_users else []):
                 for under_load in ([0, args.fresh_load] if args.fresh_load else [0]):
-                    lo = ((n_setup * 4) + k_fresh * 2 + bool(under_load)) * args.fresh_users
+                    lo = ((n_setup * fresh_slots) + k_fresh * 2 + bool(under_load)) * args.fresh_users
                     users = fresh_pool[lo: lo + args.fresh_users]
+                    if len(users) < args.fresh_users:
+                        print(f"note: freshness {event} bg={under_load} has {len(users)} users, not --fresh-users "
+                              f"{args.fresh_users}: the workspace has too few users for every test", file=sys.stderr)
                     bg = None
                     if under_load:
                         def bg(stop, c=under_load):

@@ -62,8 +62,12 @@ def main() -> None:
     ws = Workspace.at(Path(args.workspace))
     per_size = args.users + args.warmup
     sizes_apart = len(args.batch) if args.first_visits else 1
-    sampled = (pd.read_parquet(ws.clean_dir / "events.parquet", columns=["user_id"])["user_id"].drop_duplicates()
-               .sample(per_size * sizes_apart, random_state=args.seed).tolist())
+    known = pd.read_parquet(ws.clean_dir / "events.parquet", columns=["user_id"])["user_id"].drop_duplicates()
+    if per_size * sizes_apart > len(known):
+        raise SystemExit(f"--users {args.users} + --warmup {args.warmup}"
+                         f"{f' for each of {sizes_apart} batch sizes (--first-visits)' if sizes_apart > 1 else ''}"
+                         f" needs {per_size * sizes_apart} users; the workspace has {len(known)}: ask for fewer")
+    sampled = known.sample(per_size * sizes_apart, random_state=args.seed).tolist()
     spent: dict[str, float] = defaultdict(float)
 
     def timed(owner, name: str, step: str) -> None:

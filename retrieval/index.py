@@ -47,7 +47,11 @@ class ItemIndex:
     @property
     def scores_exact(self) -> bool:
         """Whether ``search``'s scores are the exact inner products: the index keeps the vectors
-        uncompressed (Flat, IVF…,Flat, HNSW…,Flat). PQ and SQ codes give approximations."""
+        uncompressed (Flat, IVF…,Flat, HNSW…,Flat). PQ and SQ codes give approximations, and a
+        transform before the index (PCA, OPQ, L2norm) scores other vectors than the embeddings."""
+        outer = faiss.downcast_index(self.index)
+        if isinstance(outer, faiss.IndexPreTransform) or self.index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            return False
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
             return isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)

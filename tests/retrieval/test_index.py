@@ -220,8 +220,10 @@ def test_recall_counts_tied_items_as_hits_and_worse_items_as_misses():
 
 
 @pytest.mark.parametrize("factory, exact", [("Flat", True), ("HNSW16", True), ("IVF8,Flat", True),
-                                            ("IVF8,SQ8", False), ("IVF8,PQ4", False), ("HNSW16,SQ8", False)])
+                                            ("IVF8,SQ8", False), ("IVF8,PQ4", False), ("HNSW16,SQ8", False),
+                                            ("PCA8,IVF8,Flat", False), ("L2norm,Flat", False)])
 def test_scores_are_called_exact_only_where_the_index_keeps_the_vectors(tmp_path, emb, queries, factory, exact):
+    emb = emb * np.random.default_rng(2).uniform(0.5, 2.0, size=(len(emb), 1)).astype("float32")  # not unit: L2norm changes them
     index = ItemIndex.build(emb, _ids(len(emb)), factory, nprobe=8)
     index.save(tmp_path)
     loaded = ItemIndex.load(tmp_path, factory)  # read back from the file: the served case
