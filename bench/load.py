@@ -498,7 +498,8 @@ def main() -> None:
 
     ws = Path(args.workspace).resolve()
     # Each freshness test (per server setup, event and background load) uses users of its own.
-    fresh_slots = len(args.fresh_events.split(",")) * 2
+    fresh_events = args.fresh_events.split(",") if args.fresh_users else []
+    fresh_slots = len(fresh_events) * 2
     wanted_fresh = (1 if args.address else len(args.servers)) * fresh_slots * args.fresh_users
     pool = pick_users(ws, args.users + wanted_fresh, args.seed)
     fresh = min(wanted_fresh, len(pool) // 2)  # a small shop's users: half each, not an empty load mix
@@ -583,7 +584,7 @@ def main() -> None:
                 result["open_loop"].append({"server": name, "processes": processes, "quotas": quotas or "default",
                                             "offered_qps": rate, "routing": routing, **median_of(rs),
                                             "shed": sum(r["shed"] for r in rs), "runs": rs})
-            for k_fresh, event in enumerate(args.fresh_events.split(",") if args.fresh_users else []):
+            for k_fresh, event in enumerate(fresh_events):
                 for under_load in ([0, args.fresh_load] if args.fresh_load else [0]):
                     lo = ((n_setup * fresh_slots) + k_fresh * 2 + bool(under_load)) * args.fresh_users
                     users = fresh_pool[lo: lo + args.fresh_users]

@@ -407,11 +407,12 @@ class Recommender:
             # With an index that keeps the vectors, FAISS's scores are the inner products
             # _retrieval_scores needs: gathering ~500 scattered embedding rows again cost a
             # first visit ~0.07 ms (docs/benchmarks.md, twenty-ninth session).
-            found.two_tower, scores = live.sources.two_tower_scored(found.embedding)
-            found.two_tower.setflags(write=False)
-            if scores is not None:
-                found.two_tower_scores = scores.astype(np.float32, copy=False)
-                found.two_tower_scores.setflags(write=False)
+            two_tower, scores = live.sources.two_tower_scored(found.embedding)
+            if scores is None:  # compressed codes or a transform: FAISS's scores are not those
+                scores = _inner_products(m, two_tower, found.embedding[0])
+            two_tower.setflags(write=False)
+            scores.setflags(write=False)
+            found.two_tower, found.two_tower_scores = two_tower, scores
         cand = live.sources.gather(r.user_emb, r.history, self._context_candidates(m, ctx),
                                    found.two_tower if found is not None else None)
         retrieval = self._retrieval_scores(m, cand.positions, found)
@@ -433,9 +434,6 @@ class Recommender:
         hundreds of MB, and reading them again was ~6% of a request (docs/benchmarks.md)."""
         if found is None or not len(positions):
             return np.zeros(len(positions), dtype=np.float32)
-        if found.two_tower_scores is None:
-            found.two_tower_scores = _inner_products(m, found.two_tower, found.embedding[0])
-            found.two_tower_scores.setflags(write=False)
         head = len(found.two_tower)  # gather() puts them first, in their order
         if head and len(positions) >= head and (positions[:head] == found.two_tower).all():
             return np.concatenate([found.two_tower_scores, _inner_products(m, positions[head:], found.embedding[0])])
