@@ -456,7 +456,8 @@ def main() -> None:
     p.add_argument("--servers", nargs="+", default=["1", "2"],
                    help="server setups to start, each PROCESSES[:KEY=VALUE,...]: quotas of serving/candidates.py "
                         "and top-level serving settings, e.g. 2:two_tower=520,ranker=dcn; code=DIR serves another "
-                        "checkout (before/after in one run)")
+                        "checkout (before/after in one run), workspace=DIR a copy of the workspace (e.g. "
+                        "with another index published)")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
     p.add_argument("--connections", nargs="+", type=int, default=[0],
                    help="TCP connections of the client: 0 = one per coroutine (the default), N = a pool of N "

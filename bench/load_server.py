@@ -103,10 +103,17 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None  # from launch to every process serving
 
+    @property
+    def served_workspace(self) -> str:
+        """The workspace the server serves: the bench's own, or with workspace=DIR a copy of it
+        (e.g. with another index kind published) whose users the requests still name, for a
+        comparison in one run."""
+        return self.settings.get("workspace", str(self.ws))
+
     def _command(self) -> list[str]:
         shoprec = str(Path(sys.executable).with_name("shoprec"))
         help_text = subprocess.run([shoprec, "serve", "--help"], capture_output=True, text=True).stdout
-        cmd = [shoprec, "--workspace", str(self.ws), "serve", "--port", str(self.port)]
+        cmd = [shoprec, "--workspace", self.served_workspace, "serve", "--port", str(self.port)]
         if "--processes" in help_text:
             cmd += ["--processes", str(self.processes)]
         elif self.processes != 1:
@@ -121,6 +128,7 @@ class ServerProcess:
         # code=DIR: serve another checkout of shoprec (e.g. a git worktree of an older commit)
         # with this virtualenv, for a before/after comparison in one run.
         code = settings.pop("code", None)
+        settings.pop("workspace", None)  # a flag of the command (_command), not a variable
         env = dict(self.base_env, **{f"SHOPREC_SERVE_QUOTAS__{k.upper()}": str(v) for k, v in self.quotas.items()},
                    **{f"SHOPREC_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
         if code:

@@ -29,6 +29,14 @@ def test_code_setting_serves_another_checkout(tmp_path):
     assert "SHOPREC_SERVE_CODE" not in env
 
 
+def test_workspace_setting_serves_a_copy_of_the_workspace(tmp_path):
+    server = ServerProcess(tmp_path / "ws", 2, {}, tmp_path / "logs", settings={"workspace": "/tmp/ws-sq8"}, env={})
+    env, _ = server.environment()
+    assert server.served_workspace == "/tmp/ws-sq8"
+    assert "SHOPREC_SERVE_WORKSPACE" not in env  # the command's --workspace flag names it
+    assert ServerProcess(tmp_path / "ws", 2, {}, tmp_path / "logs").served_workspace == str(tmp_path / "ws")
+
+
 def test_importing_the_bench_leaves_grpc_settings_alone():
     # Only the bench's own process switches its gRPC client stack; a test (or tool) importing
     # its functions keeps the gRPC it was started with.
