@@ -2,6 +2,7 @@
 the users' online features (feature_repo/realtime.py) so the next Recommend reacts to them."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -34,10 +35,13 @@ def check_event(event, known_items, max_id_length: int = 128, now: float | None 
         return f"item_id: {event.item_id!r} is not in the catalog"
     if event.event_type not in EVENT_TYPES:
         return f"event_type: {event.event_type!r} is not one of {list(EVENT_TYPES)}"
-    if event.timestamp < 0 or event.timestamp > now + MAX_FUTURE_SECONDS:
-        return f"timestamp: {event.timestamp} is negative or in the future (unix seconds; 0 means now)"
-    if event.price < 0:
-        return f"price: {event.price} is negative"
+    # NaN passes both comparisons and infinity the first: either would fail the push that
+    # carries every other valid event with it, or fold an infinite price into the features.
+    if not math.isfinite(event.timestamp) or event.timestamp < 0 or event.timestamp > now + MAX_FUTURE_SECONDS:
+        return (f"timestamp: {event.timestamp} is not a time: send unix seconds, not negative, not in the future "
+                "(0 means now)")
+    if not math.isfinite(event.price) or event.price < 0:
+        return f"price: {event.price} is not a price: send a finite amount >= 0 (0 means unknown)"
     return ""
 
 

@@ -59,10 +59,19 @@ def test_each_event_is_judged_on_its_own(events_client):
         {"user_id": "u000004", "item_id": "not-an-item", "event_type": "view"},
         {"user_id": "u000004", "item_id": "i000001", "event_type": "view", "timestamp": 4e9},
         {"user_id": "u000004", "item_id": "i000001", "event_type": "purchase", "price": -1},
+        # Not numbers: NaN passes every comparison, and an unchecked one failed the whole push
+        {"user_id": "u000004", "item_id": "i000001", "event_type": "view", "timestamp": float("nan")},
+        {"user_id": "u000004", "item_id": "i000001", "event_type": "view", "timestamp": float("inf")},
+        {"user_id": "u000004", "item_id": "i000001", "event_type": "purchase", "price": float("inf")},
+        {"user_id": "u000004", "item_id": "i000001", "event_type": "purchase", "price": float("nan")},
+        {"user_id": "u000004", "item_id": "", "event_type": "view"},
+        {"user_id": "u" * 129, "item_id": "i000001", "event_type": "view"},
+        {"user_id": "u000004", "item_id": "i000001", "event_type": "view", "timestamp": -5},
     ])
-    assert [r.accepted for r in response.results] == [True, False, False, False, False, False]
-    assert [r.error.split(":")[0] for r in response.results[1:]] == ["event_type", "user_id", "item_id",
-                                                                      "timestamp", "price"]
+    assert [r.accepted for r in response.results] == [True] + [False] * 12
+    assert [r.error.split(":")[0] for r in response.results[1:]] == [
+        "event_type", "user_id", "item_id", "timestamp", "price", "timestamp", "timestamp", "price", "price",
+        "item_id", "user_id", "timestamp"]
     assert response.accepted == 1
 
 
