@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=None, help="request threads per process (default 0: on the event loop)")
     sp.add_argument("--processes", type=int, default=None,
                     help="server processes sharing the port with SO_REUSEPORT (default 1; one per core)")
-    sp = add("query", cmd_query, "call a running server: recommend, similar, cart, event or info")
+    sp = add("query", cmd_query, "call a running server: recommend, similar, cart, event, insights or info")
     sp.add_argument("rpc", nargs="?", default="recommend",
                     choices=["recommend", "similar", "cart", "event", "insights", "info"],
                     help="recommend (default): Recommend per --user; similar: SimilarItems per --item; cart: "
