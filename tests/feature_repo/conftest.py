@@ -48,12 +48,15 @@ def _wait_for_ping(proc: subprocess.Popen, port: int, log: Path, timeout: float 
         client.close()
 
 
-def start_redis(workdir: Path, binary: str = "redis-server", attempts: int = 3) -> tuple[subprocess.Popen, int]:
-    """Start redis-server on 127.0.0.1:<free port>, without persistence; return (process, port)."""
+def start_redis(workdir: Path, binary: str = "redis-server", attempts: int = 3,
+                port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """Start redis-server on 127.0.0.1:<free port> (or ``port``: a Redis that comes back where it
+    was), without persistence; return (process, port)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "redis.log"
+    fixed = port
     for _ in range(attempts):
-        port = free_port()
+        port = fixed or free_port()
         proc = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(workdir), "--logfile", str(log), "--daemonize", "no"],
@@ -106,3 +109,31 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop_redis(proc)
+
+
+class PrivateRedis:
+    """A redis-server of one test's own, which the test may stop and start again on its port."""
+
+    def __init__(self, workdir: Path, binary: str):
+        self.workdir, self.binary = workdir, binary
+        self.proc, self.port = start_redis(workdir, binary)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        stop_redis(self.proc)
+
+    def start_again(self) -> None:
+        """Back on the same port, empty (no persistence), as after a restart without a dump."""
+        self.proc, _ = start_redis(self.workdir, self.binary, port=self.port)
+
+
+@pytest.fixture()
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "private-redis", redis_binary())
+    try:
+        yield server
+    finally:
+        server.stop()

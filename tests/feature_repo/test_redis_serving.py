@@ -1,7 +1,9 @@
-"""A server whose online store is Redis: the threads that share the store, under mixed load."""
+"""A server whose online store is Redis: the threads that share the store under mixed load,
+and Redis going down under a running server and coming back."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
@@ -29,5 +31,52 @@ def test_a_server_on_redis_never_fails_or_degrades_under_mixed_calls(trained_wor
     try:
         assert "redis" in type(running._servicer.recommender.store._get_provider().online_store).__name__.lower()
         shared_store_load(running)
+    finally:
+        running.stop()
+
+
+def test_redis_going_down_degrades_over_grpc_and_the_server_recovers_when_it_is_back(trained_workspace, tmp_path,
+                                                                                     private_redis):
+    """The online-store-down path end to end: a real Redis stops under a running gRPC server.
+    Recommend keeps answering (popular items, degraded=true); the calls that would mislead or
+    lose data fail loudly with UNAVAILABLE; once Redis is back (and refilled: it keeps nothing
+    on disk) the next Recommend after the retry pause is personal again, with no restart."""
+    import grpc
+
+    from feature_repo.store import apply, materialize, open_store
+    from feature_repo.workspace import Workspace
+    from serving.client import RecommenderClient
+    from serving.recommender import Recommender
+    from serving.server import start
+
+    shutil.copytree(trained_workspace.root, tmp_path / "ws")
+    ws = Workspace.at(tmp_path / "ws")
+    store = open_store(ws, private_redis.url)
+    apply(store, ws)
+    materialize(store, ws)
+    running = start(Recommender(ws, feature_store=store, store_retry_seconds=1.0), port=0)
+    user, item = "u000001", "i000001"
+    try:
+        with RecommenderClient(running.address, timeout=15) as client:
+            client.wait_ready()
+            up = client.recommend(user, k=5)
+            assert up.personalized and not up.degraded
+
+            private_redis.stop()
+            for _ in range(2):  # the failed read, then the retry pause: both answer
+                down = client.recommend(user, k=5)
+                assert down.degraded and not down.personalized and len(down.items) == 5
+            for call in (lambda: client.record_events([{"user_id": user, "item_id": item, "event_type": "view"}]),
+                         lambda: client.user_insights(user)):
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+
+            private_redis.start_again()
+            materialize(store, ws)
+            time.sleep(1.2)  # past store_retry_seconds: the store is tried again
+            back = client.recommend(user, k=5)
+            assert back.personalized and not back.degraded
+            assert client.record_events([{"user_id": user, "item_id": item, "event_type": "view"}]).accepted == 1
     finally:
         running.stop()
