@@ -27,13 +27,20 @@ def _index_store(ws):
     return ArtifactStore(ws.models_dir / "index")
 
 
-def test_new_item_is_indexed_from_its_content(ws):
+def _add_item_to_catalog(ws, item_id: str) -> pd.Series:
+    """A copy of the catalog's first item under a new id, as a shop adds one; returns the template."""
     items = pd.read_parquet(ws.clean_dir / "items.parquet")
     template = items.iloc[0]
     new = template.copy()
-    new["item_id"] = "brand-new-item"
+    new["item_id"] = item_id
     pd.concat([items, new.to_frame().T.astype(items.dtypes.to_dict())], ignore_index=True).to_parquet(
         ws.clean_dir / "items.parquet", index=False)
+    return template
+
+
+def test_new_item_is_indexed_from_its_content(ws):
+    items = pd.read_parquet(ws.clean_dir / "items.parquet")
+    template = _add_item_to_catalog(ws, "brand-new-item")
     before = _index_store(ws).current_version()
     version, manifest = rebuild(ws, IndexSettings(keep=2))
     assert version != before and _index_store(ws).current_version() == version
@@ -46,6 +53,71 @@ def test_new_item_is_indexed_from_its_content(ws):
     same = items["category"] == template["category"]
     sims = emb[[index.position[i] for i in items["item_id"]]] @ new_vec
     assert sims[same.to_numpy()].mean() > sims[~same.to_numpy()].mean()  # content places it well
+
+
+def test_a_running_server_serves_a_new_item_after_features_and_rebuild_without_a_failed_call(ws):
+    """The catalog grows while the server answers: `shoprec features`, then `shoprec index
+    rebuild`; the server's watcher picks both up (no restart), the new item is served from its
+    content embedding, and no call from the concurrent clients fails on the way."""
+    import threading
+    import time
+
+    import grpc
+
+    from serving.client import RecommenderClient
+    from serving.recommender import Recommender
+    from serving.server import start
+    from shoprec import pipeline
+
+    events = pd.read_parquet(ws.clean_dir / "events.parquet")
+    user, popular = events["user_id"].value_counts().index[0], events["item_id"].value_counts().index[0]
+    recommender = Recommender(ws)
+    recommender.watch(0.2)
+    running = start(recommender, port=0)
+    errors, calls, stop = [], [0], threading.Event()
+
+    def shopper() -> None:
+        with RecommenderClient(running.address, timeout=10) as c:
+            while not stop.is_set():
+                try:
+                    c.recommend(user, k=10)
+                    c.similar_items(popular, k=5)
+                    calls[0] += 2
+                except grpc.RpcError as e:  # pragma: no cover - the assertion below reports it
+                    errors.append(e)
+
+    threads = [threading.Thread(target=shopper) for _ in range(2)]
+    try:
+        with RecommenderClient(running.address, timeout=10) as client:
+            client.wait_ready()
+            before = client.info()
+            with pytest.raises(grpc.RpcError) as err:
+                client.similar_items("brand-new-item", k=5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            for t in threads:
+                t.start()
+            _add_item_to_catalog(ws, "brand-new-item")
+            pipeline.build_features(ws)
+            version, manifest = rebuild(ws, IndexSettings(keep=2))
+            assert manifest["new_items"] == 1
+            deadline = time.monotonic() + 60
+            while client.info().index_version != version:
+                assert time.monotonic() < deadline, "the server did not pick up the rebuilt index within 60 s"
+                time.sleep(0.1)
+            assert client.info().items == before.items + 1
+            similar = client.similar_items("brand-new-item", k=5)
+            assert len(similar.items) == 5 and "brand-new-item" not in {r.item_id for r in similar.items}
+            page = client.recommend(user, k=10, surface="product", viewed="brand-new-item")
+            assert len(page.items) == 10 and "brand-new-item" not in {r.item_id for r in page.items}
+            time.sleep(0.5)  # the shoppers keep calling the new version too
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        running.stop()
+        recommender.close()
+    assert not errors, errors[:3]
+    assert calls[0] > 10
 
 
 def test_failed_verification_keeps_the_live_version(ws):
