@@ -50,6 +50,46 @@ def test_expired_deadline_is_deadline_exceeded(client):
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_a_call_whose_deadline_passed_while_queued_is_not_computed(recommender, monkeypatch, max_batch):
+    """The server does not spend a request's work on a caller that has given up: a call that
+    waited behind a slow one past its deadline never reaches the pipeline, whether calls queue
+    for the event loop (max_batch 1) or for the batching thread (serving/batching.py)."""
+    import threading
+    import time
+
+    from serving.client import RecommenderClient
+    from serving.proto import recommender_pb2 as pb
+    from serving.server import start
+
+    pipeline, started = recommender._recommend, []
+
+    def slow_for_one_user(live, requests):
+        started.extend(r.user_id for r in requests)
+        if requests[0].user_id == "slow-shopper":
+            time.sleep(0.6)  # holds the loop (or the batching thread): calls behind it wait
+        return pipeline(live, requests)
+
+    monkeypatch.setattr(recommender, "_recommend", slow_for_one_user)
+    server = start(recommender, port=0, max_batch=max_batch)
+    try:
+        with RecommenderClient(server.address) as c:
+            c.wait_ready()
+            first = threading.Thread(target=lambda: c.stub.Recommend(pb.RecommendRequest(user_id="slow-shopper", k=5),
+                                                                     timeout=10))
+            first.start()
+            while "slow-shopper" not in started:
+                time.sleep(0.01)
+            with pytest.raises(grpc.RpcError) as err:
+                c.stub.Recommend(pb.RecommendRequest(user_id="late-shopper", k=5), timeout=0.2)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            first.join()
+            c.recommend("u000001", k=5)  # free again, it answers
+    finally:
+        server.stop()
+    assert "late-shopper" not in started
+
+
 @pytest.mark.slow
 def test_record_events_with_the_store_down_is_unavailable(trained_workspace, recommender):
     """Events that cannot be stored must not look accepted: UNAVAILABLE, so the shop retries."""
