@@ -162,7 +162,8 @@ def cmd_query(args: argparse.Namespace) -> None:
                              "segment": r.segment, "drivers": "; ".join(d.description for d in r.drivers)})
             print(render(rows))
         elif args.rpc == "event":
-            events = [{"user_id": u, "item_id": i, "event_type": args.event_type, "timestamp": time.time()}
+            events = [{"user_id": u, "item_id": i, "event_type": args.event_type, "timestamp": time.time(),
+                       **({"price": args.price} if args.price else {})}
                       for u in args.user for i in args.item]
             response = client.record_events(events)
             print(render([{"user": e["user_id"], "item": e["item_id"], "event": e["event_type"],
@@ -336,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-price", type=float, default=0.0, help="recommend: only items up to this price")
     sp.add_argument("--same-category", action="store_true", help="similar: only the item's own category")
     sp.add_argument("--event-type", default="view", choices=["view", "click", "add_to_cart", "purchase"])
+    sp.add_argument("--price", type=float, default=0.0, help="event: the price paid (purchases; 0: not sent)")
     sp.add_argument("--info", action="store_true", help="print the live versions first")
     sp.add_argument("--timeout", type=float, default=5.0, help="deadline per call in seconds")
     sp = add("evaluate", cmd_evaluate, "offline evaluation by the leave-one-out protocol (full ranking)")
@@ -386,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, (ShoprecDataError, ServingError)):
             print(f"shoprec {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        code = getattr(e, "code", None)
+        if args.command == "query" and callable(code):  # a gRPC status from the server: its own words
+            print(f"shoprec query: {code().name}: {e.details()}", file=sys.stderr)
             return 2
         raise
     return 0
