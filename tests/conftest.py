@@ -51,6 +51,23 @@ def grpc_server(recommender):
     running.stop()
 
 
+@pytest.fixture(scope="module")
+def private_server(trained_workspace, tmp_path_factory):
+    """A real gRPC server on a copy of the workspace, one per test module: for tests that write
+    to its online store (RecordEvents), which the shared server's tests must not see."""
+    import shutil
+
+    from feature_repo.workspace import Workspace
+    from serving.recommender import Recommender
+    from serving.server import start
+
+    root = tmp_path_factory.mktemp("private") / "ws"
+    shutil.copytree(trained_workspace.root, root)
+    running = start(Recommender(Workspace.at(root)), port=0)
+    yield running
+    running.stop()
+
+
 @pytest.fixture()
 def client(grpc_server):
     from serving.client import RecommenderClient

@@ -1,27 +1,10 @@
 """RecordEvents over gRPC: per-event validation, and the next Recommend reacts."""
 from __future__ import annotations
 
-import shutil
-
 import grpc
 import pytest
 
-from feature_repo.workspace import Workspace
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def private_server(trained_workspace, tmp_path_factory):
-    """A server on a copy of the workspace: these tests write to its online store."""
-    from serving.recommender import Recommender
-    from serving.server import start
-
-    root = tmp_path_factory.mktemp("events") / "ws"
-    shutil.copytree(trained_workspace.root, root)
-    running = start(Recommender(Workspace.at(root)), port=0)
-    yield running
-    running.stop()
 
 
 @pytest.fixture()

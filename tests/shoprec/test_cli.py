@@ -30,29 +30,13 @@ def test_generate_and_validate_from_the_cli(tmp_path, capsys):
     assert "quarantine.csv" in out and (tmp_path / "data/clean/events.parquet").exists()
 
 
-@pytest.fixture(scope="module")
-def query_server(trained_workspace, tmp_path_factory):
-    """A real gRPC server on a copy of the workspace: `query event` writes to its online store."""
-    import shutil
-
-    from feature_repo.workspace import Workspace
-    from serving.recommender import Recommender
-    from serving.server import start
-
-    root = tmp_path_factory.mktemp("query") / "ws"
-    shutil.copytree(trained_workspace.root, root)
-    running = start(Recommender(Workspace.at(root)), port=0)
-    yield running
-    running.stop()
-
-
 @pytest.mark.slow
-def test_query_covers_every_rpc_against_a_real_server(query_server, trained_workspace, capsys):
+def test_query_covers_every_rpc_against_a_real_server(private_server, trained_workspace, capsys):
     import pandas as pd
 
     events = pd.read_parquet(trained_workspace.clean_dir / "events.parquet")
     user, item, other = events["user_id"].iloc[0], events["item_id"].iloc[0], events["item_id"].iloc[1]
-    at = ["--address", query_server.address]
+    at = ["--address", private_server.address]
 
     def query(*argv: str) -> str:
         assert main(["query", *argv, *at]) == 0
@@ -66,7 +50,7 @@ def test_query_covers_every_rpc_against_a_real_server(query_server, trained_work
     assert "churn risk" in query("insights", "--user", user)
     from serving.client import RecommenderClient
 
-    with RecommenderClient(query_server.address) as client:
+    with RecommenderClient(private_server.address) as client:
         bought = client.recommend(user, k=5).items[0].item_id
     assert bought in query("recommend", "--user", user, "--k", "5")
     recorded = query("event", "--user", user, "--item", bought, "--event-type", "purchase", "--price", "12.5")
@@ -75,7 +59,7 @@ def test_query_covers_every_rpc_against_a_real_server(query_server, trained_work
 
 
 @pytest.mark.slow
-def test_query_reports_a_server_error_in_one_line(query_server, capsys):
-    assert main(["query", "similar", "--item", "no-such-item", "--address", query_server.address]) == 2
+def test_query_reports_a_server_error_in_one_line(private_server, capsys):
+    assert main(["query", "similar", "--item", "no-such-item", "--address", private_server.address]) == 2
     err = capsys.readouterr().err
     assert err.startswith("shoprec query: NOT_FOUND: item_id:") and "Traceback" not in err
