@@ -74,7 +74,8 @@ class ServingConfig:
         better (docs/benchmarks.md, twenty-sixth session): for throughput, not for the tail.
       workspace: workspace directory; None means --workspace, else $SHOPREC_HOME, else ./var.
       online_store: "sqlite" or "redis://HOST:PORT[/DB]"; None means $SHOPREC_ONLINE_STORE or sqlite.
-      store_retry_seconds: after a failed online-store read, skip the store this long.
+      store_retry_seconds: after a failed online-store read, requests skip the store (degraded
+        answers) while a background read tries it again every this many seconds.
       reload_seconds: how often to look for new model/index versions.
       limits: request limits (serving.server.Limits).
       quotas: candidates per source and request (serving.candidates.Quotas).

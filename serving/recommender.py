@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +117,8 @@ class Recommender:
       ws: the workspace (artifacts, feature tables, Feast registry and online store).
       quotas: candidates per source (serving/candidates.py) before filtering and ranking.
       feature_store: a Feast FeatureStore; opened from the workspace when omitted.
-      store_retry_seconds: how long a failed online store is skipped before it is tried again.
+      store_retry_seconds: after a failed online read, requests skip the store while a
+        background read tries it again every this many seconds.
       rules: page rules (serving/rules.py).
       ranker: which ranking model: "published" or a kind (see ``Models.load``).
       user_cache: recent users' embeddings and two-tower candidates kept (0: none).
@@ -137,10 +137,13 @@ class Recommender:
         self.model_runtime = model_runtime
         self.quotas = quotas
         self.rules = rules
-        # After a failed read the store is skipped for this long, so that an outage costs one
-        # slow request (client retries/timeouts) instead of every request.
+        # After a failed read, requests skip the store until a background read succeeds
+        # (_probe_store): an outage costs one slow request, even when the store hangs instead of
+        # refusing (a read then waits for the socket timeout, seconds, on the request path).
         self.store_retry_seconds = store_retry_seconds
-        self._store_down_until = 0.0
+        self._store_down = threading.Event()
+        self._probing = False  # a probe thread runs; both change together under the lock
+        self._probe_lock = threading.Lock()
         self._live = self._build(self._load_models())
         self._reload_lock = threading.Lock()
         self._watcher: threading.Thread | None = None
@@ -226,15 +229,41 @@ class Recommender:
         wanted = [u for u in dict.fromkeys(user_ids) if u]
         if not wanted:
             return [{} for _ in user_ids], False
-        if time.monotonic() < self._store_down_until:
+        if self._store_down.is_set():
             return [{} for _ in user_ids], True
         try:
             found = dict(zip(wanted, self.user_reader.read_many(wanted)))
         except Exception:  # store down: serve without personal features rather than fail
-            log.exception("online feature read failed; skipping the store for %.0fs", self.store_retry_seconds)
-            self._store_down_until = time.monotonic() + self.store_retry_seconds
+            log.exception("online feature read failed; serving without the store until a background read "
+                          "succeeds (one every %.1fs)", self.store_retry_seconds)
+            self._store_failed()
             return [{} for _ in user_ids], True
         return [found.get(u, {}) for u in user_ids], False
+
+    @property
+    def store_down(self) -> bool:
+        """Whether requests are skipping the online store after a failed read."""
+        return self._store_down.is_set()
+
+    def _store_failed(self) -> None:
+        with self._probe_lock:
+            self._store_down.set()
+            if not self._probing:
+                self._probing = True
+                threading.Thread(target=self._probe_store, name="shoprec-store-probe", daemon=True).start()
+
+    def _probe_store(self) -> None:
+        """One read every ``store_retry_seconds`` until the store answers, off the request path."""
+        while not self._stop.wait(max(self.store_retry_seconds, 0.05)):
+            try:
+                self.user_reader.read_many(["shoprec-store-probe"])
+            except Exception:  # noqa: BLE001 - still down: requests keep skipping it
+                continue
+            with self._probe_lock:  # a request failing from here on starts a new probe
+                self._store_down.clear()
+                self._probing = False
+            log.info("online store readable again: requests read it again")
+            return
 
     # -- RPCs ---------------------------------------------------------------------------------
 

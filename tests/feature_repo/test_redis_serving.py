@@ -74,7 +74,7 @@ def test_redis_going_down_degrades_over_grpc_and_the_server_recovers_when_it_is_
 
             private_redis.start_again()
             materialize(store, ws)
-            time.sleep(1.2)  # past store_retry_seconds: the store is tried again
+            time.sleep(1.2)  # past store_retry_seconds: the background read has found it again
             back = client.recommend(user, k=5)
             assert back.personalized and not back.degraded
             assert client.record_events([{"user_id": user, "item_id": item, "event_type": "view"}]).accepted == 1

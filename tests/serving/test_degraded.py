@@ -40,3 +40,31 @@ def test_missing_models_fail_loudly(tmp_path):
 
     with pytest.raises(ModelNotLoaded, match="shoprec train"):
         Recommender(Workspace.at(tmp_path))
+
+
+def test_a_hanging_store_holds_up_one_request_not_every_retry(trained_workspace):
+    """A store that accepts connections and never answers (a hung Redis) costs the first
+    request its read timeout; after that, requests skip it while a background read retries, so
+    no later request waits for the timeout again."""
+    import time
+
+    from feature_repo.store import open_store
+    from serving.recommender import Recommender
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)  # the kernel completes the handshakes; nothing ever reads or answers
+        store = open_store(trained_workspace, f"redis://127.0.0.1:{hung.getsockname()[1]}")
+        rec = Recommender(trained_workspace, feature_store=store, store_retry_seconds=0.2)
+        try:  # the warm-up's read has already met the hung store
+            assert rec.store_down
+            slowest, deadline = 0.0, time.monotonic() + 2.5  # past several retries of 0.2 s
+            while time.monotonic() < deadline:
+                start = time.monotonic()
+                result = rec.recommend("u000001", 5)
+                slowest = max(slowest, time.monotonic() - start)
+                assert result.degraded and len(result.items) == 5
+                time.sleep(0.05)
+            assert slowest < 1.0, f"a request waited {slowest:.2f} s for the hung store (its read timeout is 2 s)"
+        finally:
+            rec.close()
