@@ -50,7 +50,7 @@ def main() -> None:
     import pandas as pd
 
     from feature_repo.workspace import Workspace
-    from retrieval.index import exact_top_k
+    from retrieval.index import exact_top_k, recall_vs_exact
     from serving.candidates import Quotas
     from serving.recommender import Recommender
     from shoprec.table import render
@@ -90,8 +90,7 @@ def main() -> None:
              "recall@500": 1.0, "cpu_ms_per_request": round(exact_ms, 3)}]
     for nprobe in args.nprobe:
         got, ms = pages(nprobe)
-        found = rec.models.index.search(q, 520)[0]
-        recall = float(np.mean([len(set(f[:500]) & set(t)) / len(t) for f, t in zip(found, truth)]))
+        recall = recall_vs_exact(rec.models.index, embeddings, q, 500, exact=truth)
         rows.append({"nprobe": str(nprobe) + (" (served)" if nprobe == served_nprobe else ""),
                      "page_overlap@20": round(overlap(got, exact, 20), 4), "page_overlap@5": round(overlap(got, exact, 5), 4),
                      "identical_pages": round(float(np.mean([g == e for g, e in zip(got, exact)])), 4),

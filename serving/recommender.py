@@ -141,8 +141,7 @@ class Recommender:
         # (_probe_store): an outage costs one slow request, even when the store hangs instead of
         # refusing (a read then waits for the socket timeout, seconds, on the request path).
         self.store_retry_seconds = store_retry_seconds
-        self._store_down = threading.Event()
-        self._probing = False  # a probe thread runs; both change together under the lock
+        self._store_down = threading.Event()  # set: a probe thread runs (_store_failed)
         self._probe_lock = threading.Lock()
         self._live = self._build(self._load_models())
         self._reload_lock = threading.Lock()
@@ -247,10 +246,10 @@ class Recommender:
 
     def _store_failed(self) -> None:
         with self._probe_lock:
+            if self._store_down.is_set():  # already down: its probe runs
+                return
             self._store_down.set()
-            if not self._probing:
-                self._probing = True
-                threading.Thread(target=self._probe_store, name="shoprec-store-probe", daemon=True).start()
+        threading.Thread(target=self._probe_store, name="shoprec-store-probe", daemon=True).start()
 
     def _probe_store(self) -> None:
         """One read every ``store_retry_seconds`` until the store answers, off the request path."""
@@ -261,7 +260,6 @@ class Recommender:
                 continue
             with self._probe_lock:  # a request failing from here on starts a new probe
                 self._store_down.clear()
-                self._probing = False
             log.info("online store readable again: requests read it again")
             return
 

@@ -24,7 +24,7 @@ class UserRetrieval:
 
     embedding: np.ndarray  # [1, D]
     two_tower: np.ndarray | None = None  # ItemTable positions, best first; found on first use
-    two_tower_scores: np.ndarray | None = None  # their inner products with the embedding (float32), with them
+    two_tower_scores: np.ndarray | None = None  # their inner products with the embedding (float32), found with them
 
 
 class UserRetrievalCache:

@@ -389,9 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, (ShoprecDataError, ServingError)):
             print(f"shoprec {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
-        code = getattr(e, "code", None)
-        if args.command == "query" and callable(code):  # a gRPC status from the server: its own words
-            print(f"shoprec query: {code().name}: {e.details()}", file=sys.stderr)
+        import grpc
+
+        if isinstance(e, grpc.RpcError):  # a status from the server (`query`): in its own words
+            print(f"shoprec {args.command}: {e.code().name}: {e.details()}", file=sys.stderr)
             return 2
         raise
     return 0
