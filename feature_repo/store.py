@@ -32,15 +32,19 @@ def _quiet_feast() -> None:
 
 
 ONLINE_STORE_ENV = "SHOPREC_ONLINE_STORE"
-REDIS_TIMEOUTS = ",retry=null,socket_connect_timeout=0.2,socket_timeout=2"
+# No retries with backoff, and timeouts: redis-py's defaults retry and wait without limit.
+REDIS_CONNECT_TIMEOUT = 0.2
+REDIS_SOCKET_TIMEOUT = 2.0  # jobs and event pushes; serving's request-path reads use a shorter one
 MARKER_KEY = "shoprec:materialized"  # written into Redis after a successful materialization
 
 
-def online_store_config(ws: Workspace, online_store: str | dict[str, Any] | None = None) -> dict[str, Any]:
+def online_store_config(ws: Workspace, online_store: str | dict[str, Any] | None = None,
+                        socket_timeout: float | None = None) -> dict[str, Any]:
     """The Feast online store config from a URL, a Feast config dict, or $SHOPREC_ONLINE_STORE.
 
     ``sqlite`` (the default) is a file in the workspace; ``redis://HOST:PORT[/DB]`` is Feast's
-    redis store (production). A dict is passed to Feast unchanged.
+    redis store (production). A dict is passed to Feast unchanged. ``socket_timeout``: seconds a
+    Redis command may wait for its answer (default ``REDIS_SOCKET_TIMEOUT``); SQLite has none.
     """
     if isinstance(online_store, dict):
         return online_store
@@ -54,14 +58,22 @@ def online_store_config(ws: Workspace, online_store: str | dict[str, Any] | None
             raise ConfigError(f"online store {url!r}: expected redis://HOST:PORT[/DB], e.g. redis://127.0.0.1:6379/0")
         # Fail fast instead of redis-py's default retries with backoff and no socket timeouts:
         # an unreachable store must cost a request milliseconds, not seconds (serving degrades).
-        conn = f"{host}:{port}" + (f",db={db}" if db else "") + REDIS_TIMEOUTS
+        timeout = REDIS_SOCKET_TIMEOUT if socket_timeout is None else socket_timeout
+        conn = (f"{host}:{port}" + (f",db={db}" if db else "") +
+                f",retry=null,socket_connect_timeout={REDIS_CONNECT_TIMEOUT},socket_timeout={timeout}")
         return {"type": "redis", "connection_string": conn}
     raise ConfigError(f"online store {url!r} (from --online-store or ${ONLINE_STORE_ENV}) is not supported; "
                       f"use 'sqlite' or 'redis://HOST:PORT[/DB]'.")
 
 
-def open_store(ws: Workspace, online_store: str | dict[str, Any] | None = None):
-    """A FeatureStore for the workspace (nothing is applied or materialized here)."""
+def online_store_is_local(ws: Workspace, online_store: str | dict[str, Any] | None = None) -> bool:
+    """Whether the online store is the workspace's SQLite file (no network, so no read timeout)."""
+    return online_store_config(ws, online_store)["type"] == "sqlite"
+
+
+def open_store(ws: Workspace, online_store: str | dict[str, Any] | None = None, socket_timeout: float | None = None):
+    """A FeatureStore for the workspace (nothing is applied or materialized here);
+    ``socket_timeout``: see ``online_store_config``."""
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
@@ -71,7 +83,7 @@ def open_store(ws: Workspace, online_store: str | dict[str, Any] | None = None):
         project=PROJECT,
         provider="local",
         registry=str(ws.feast_dir / "registry.db"),
-        online_store=online_store_config(ws, online_store),
+        online_store=online_store_config(ws, online_store, socket_timeout),
         offline_store={"type": "duckdb"},
         entity_key_serialization_version=3,
         repo_path=str(ws.feast_dir),

@@ -74,6 +74,10 @@ class ServingConfig:
         better (docs/benchmarks.md, twenty-sixth session): for throughput, not for the tail.
       workspace: workspace directory; None means --workspace, else $SHOPREC_HOME, else ./var.
       online_store: "sqlite" or "redis://HOST:PORT[/DB]"; None means $SHOPREC_ONLINE_STORE or sqlite.
+      store_read_timeout_seconds: how long a request's read of a Redis online store may wait
+        for the answer. A slower read counts as failed: the request is answered degraded and
+        the store is skipped (``store_retry_seconds``). Reads run on the event loop, so a hung
+        store holds every call of the process this long once; pushes keep 2 s.
       store_retry_seconds: after a failed online-store read, requests skip the store (degraded
         answers) while a background read tries it again every this many seconds.
       reload_seconds: how often to look for new model/index versions.
@@ -96,6 +100,7 @@ class ServingConfig:
     helper_threads: str = "normal"
     workspace: Path | None = None
     online_store: str | None = None
+    store_read_timeout_seconds: float = 0.25
     store_retry_seconds: float = 5.0
     reload_seconds: float = 10.0
     limits: Limits = Limits()
@@ -282,6 +287,8 @@ def _validate(cfg: ServingConfig, label) -> None:
                           f"fixed port (e.g. 50051) or use 1 process")
     if cfg.online_store is not None:
         _check_online_store(cfg.online_store, label(None, "online_store"))
+    require(0 < cfg.store_read_timeout_seconds <= 60, None, "store_read_timeout_seconds",
+            "must be between 0 and 60 seconds (a Redis read slower than this counts as failed; e.g. 0.25)")
     require(cfg.store_retry_seconds >= 0, None, "store_retry_seconds", "must be >= 0 seconds")
     require(cfg.reload_seconds > 0, None, "reload_seconds", "must be > 0 seconds")
 

@@ -116,7 +116,11 @@ class Recommender:
     Args:
       ws: the workspace (artifacts, feature tables, Feast registry and online store).
       quotas: candidates per source (serving/candidates.py) before filtering and ranking.
-      feature_store: a Feast FeatureStore; opened from the workspace when omitted.
+      feature_store: a Feast FeatureStore; opened from the workspace when omitted. RecordEvents
+        pushes through it, and requests read users through it unless ``read_store`` is given.
+      read_store: the same online store opened for the request path's reads, e.g. with a
+        shorter Redis socket timeout than pushes get (serving/launcher.py): a read is on the
+        event loop, and a hung store holds every call of the process until it times out.
       store_retry_seconds: after a failed online read, requests skip the store while a
         background read tries it again every this many seconds.
       rules: page rules (serving/rules.py).
@@ -126,7 +130,7 @@ class Recommender:
         agree with TensorFlow, serving/lite.py) or "tensorflow".
     """
 
-    def __init__(self, ws: Workspace, quotas: Quotas = Quotas(), feature_store=None,
+    def __init__(self, ws: Workspace, quotas: Quotas = Quotas(), feature_store=None, read_store=None,
                  store_retry_seconds: float = 5.0, rules: Rules = Rules(), ranker: str = "published",
                  user_cache: int = 4096, model_runtime: str = "lite"):
         from feature_repo.store import open_store
@@ -148,7 +152,7 @@ class Recommender:
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self.store = feature_store or open_store(ws)
-        self.user_reader = OnlineRowReader(self.store, USER_FEATURE_SERVICE, "user_id")
+        self.user_reader = OnlineRowReader(read_store or self.store, USER_FEATURE_SERVICE, "user_id")
         self._warm_up(self._live)
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -123,7 +124,17 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
+        self.resume()  # a stopped (SIGSTOP) process would hold SIGTERM until killed
         stop_redis(self.proc)
+
+    def hang(self) -> None:
+        """Freeze the server (SIGSTOP): the kernel still accepts connections and requests, and
+        nothing answers them, as with a Redis stuck on a slow command or a paused VM."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def start_again(self) -> None:
         """Back on the same port, empty (no persistence), as after a restart without a dump."""

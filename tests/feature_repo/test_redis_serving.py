@@ -80,3 +80,50 @@ def test_redis_going_down_degrades_over_grpc_and_the_server_recovers_when_it_is_
             assert client.record_events([{"user_id": user, "item_id": item, "event_type": "view"}]).accepted == 1
     finally:
         running.stop()
+
+
+def test_a_hung_redis_holds_a_served_request_for_the_read_timeout_not_the_push_timeout(trained_workspace, tmp_path,
+                                                                                      private_redis):
+    """A Redis that stops answering (frozen, connections still accepted) under a server started
+    from its config, as `shoprec serve` starts one. The request that meets it waits at most
+    ``store_read_timeout_seconds``, not the 2 s socket timeout that pushes get: a read is on the
+    event loop, so that wait holds every call of the process. Later requests skip the store;
+    once Redis answers again, the background read finds it and requests are personal again."""
+    from feature_repo.store import REDIS_SOCKET_TIMEOUT, apply, materialize, open_store
+    from feature_repo.workspace import Workspace
+    from serving.client import RecommenderClient
+    from serving.config import ServingConfig
+    from serving.launcher import _load_and_start
+
+    shutil.copytree(trained_workspace.root, tmp_path / "ws")
+    ws = Workspace.at(tmp_path / "ws")
+    store = open_store(ws, private_redis.url)
+    apply(store, ws)
+    materialize(store, ws)
+    cfg = ServingConfig(port=0, online_store=private_redis.url, store_read_timeout_seconds=0.2,
+                        store_retry_seconds=0.5)
+    running = _load_and_start(cfg, ws.root, reuse_port=False)
+    user = "u000001"
+    try:
+        with RecommenderClient(running.address, timeout=15) as client:
+            client.wait_ready()
+            assert client.recommend(user, k=5).personalized
+
+            private_redis.hang()
+            took = []
+            for _ in range(3):  # the read that meets the frozen store, then skipped reads
+                start = time.monotonic()
+                down = client.recommend(user, k=5)
+                took.append(time.monotonic() - start)
+                assert down.degraded and len(down.items) == 5
+            assert took[0] < REDIS_SOCKET_TIMEOUT / 2, f"the first request waited {took[0]:.2f} s (read timeout 0.2 s)"
+            assert max(took[1:]) < 0.2, f"later requests waited {took[1:]} s: they should skip the store"
+
+            private_redis.resume()
+            deadline = time.monotonic() + 10
+            while (back := client.recommend(user, k=5)).degraded and time.monotonic() < deadline:
+                time.sleep(0.1)  # the background read retries every 0.5 s
+            assert back.personalized and not back.degraded
+    finally:
+        private_redis.resume()
+        running.stop()

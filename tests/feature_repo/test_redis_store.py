@@ -359,6 +359,6 @@ def test_an_unreachable_redis_raises_on_read(redis_ws, redis_store, free_tcp_por
     with pytest.raises(redis.exceptions.ConnectionError, match="onnect"):
         store.get_online_features(features=service, entity_rows=[{"user_id": "u000001"}]).to_dict()
     took = time.perf_counter() - start
-    # No retries with backoff and short socket timeouts (store.REDIS_TIMEOUTS): a refused
+    # No retries with backoff and short timeouts (store.online_store_config): a refused
     # connection must fail within a request's budget so that serving can degrade.
     assert took < 1.0, f"took {took:.1f} s to fail"

@@ -114,6 +114,7 @@ BAD = [  # (file text, environment, flags) → substrings the message must conta
     ('online_store = "mysql://db"\n', {}, {}, ["online_store in", "sqlite", "redis://HOST:PORT"]),
     ("", {}, {"online_store": "redis://nohost"}, ["--online-store", "redis://HOST:PORT"]),
     ("store_retry_seconds = -1\n", {}, {}, ["store_retry_seconds in", ">= 0"]),
+    ("store_read_timeout_seconds = 0\n", {}, {}, ["store_read_timeout_seconds in", "between 0 and 60"]),
     ("reload_seconds = 0\n", {}, {}, ["reload_seconds in", "> 0"]),
     ('host = ""\n', {}, {}, ["host in", "0.0.0.0"]),
 ]
