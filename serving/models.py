@@ -22,7 +22,7 @@ from feature_repo.data.item_table import ItemTable
 from feature_repo.workspace import Workspace
 from ranking.features import FEATURE_NAMES, item_columns
 from retrieval.cooccurrence import CooccurrenceModel
-from retrieval.index import ItemIndex
+from retrieval.index import INDEX_FILE, ItemIndex
 from retrieval.user_features import activity_vector
 from serving.churn import ChurnModel
 from serving.errors import ModelNotLoaded
@@ -53,6 +53,7 @@ class Models:
     churn: Any = None  # serving.churn.ChurnModel (None: not trained yet)
     item_to_cooccurrence: np.ndarray | None = None  # ItemTable position → co-occurrence row (-1: none)
     ranker_kind: str = ""  # "dcn" or "lstm" (the ranking manifest's spec)
+    mapped_files: tuple[Path, ...] = ()  # files requests read piecewise (mapped): serving/page_cache.py
 
     def __post_init__(self) -> None:
         # The exported functions have one input signature each: calling their graph directly
@@ -158,7 +159,8 @@ class Models:
             churn = None
         return cls(versions, user_tower, index, item_embeddings, scorer, items, index_to_item, item_to_index,
                    items.most_popular(len(items)), cooccurrence, item_tower, weights, head_index, repeat_rate,
-                   catalog_availability(ws, items), fingerprint, churn, ranker_kind=spec.get("kind", ""))
+                   catalog_availability(ws, items), fingerprint, churn, ranker_kind=spec.get("kind", ""),
+                   mapped_files=(index_dir / INDEX_FILE, index_dir / "item_embeddings.npy"))
 
 
 def _graph_call(function):

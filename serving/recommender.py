@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from retrieval.user_features import activity_vector
 from serving.candidates import ALL_SOURCES, Candidates, CandidateSources, Quotas, passing
 from serving.errors import ModelNotLoaded, StoreUnavailable, UnknownItem
 from serving.models import NO_ITEM_IDS, Models, disk_fingerprint
+from serving.page_cache import read_ahead
 from serving.rules import SLOT_NAMES, Rules, category_cap, pick_item_ranks
 from serving.user_cache import UserRetrieval, UserRetrievalCache
 
@@ -153,6 +155,7 @@ class Recommender:
         self._stop = threading.Event()
         self.store = feature_store or open_store(ws)
         self.user_reader = OnlineRowReader(read_store or self.store, USER_FEATURE_SERVICE, "user_id")
+        read_ahead([*self.models.mapped_files, *_local_store_files(self.store)])
         self._warm_up(self._live)
 
     @property
@@ -187,6 +190,7 @@ class Recommender:
                 return False
             try:
                 live = self._build(self._load_models())
+                read_ahead(list(live.models.mapped_files))
                 self._warm_up(live)
             except Exception:  # noqa: BLE001 - keep serving the old version, loudly
                 log.exception("reload failed; still serving %s", self.models.versions)
@@ -573,6 +577,13 @@ class Recommender:
         items = m.items
         return Recommendation(items.item_ids[p], score, retrieval, "+".join(sources), reason, items.category[p],
                               items.brand[p], float(items.price[p]), tuple(float(h) for h in heads))
+
+
+def _local_store_files(store) -> list[Path]:
+    """The online store's file when it is Feast's SQLite store (read piecewise by requests)."""
+    config = getattr(getattr(store, "config", None), "online_store", None)
+    path = getattr(config, "path", None)
+    return [Path(path)] if getattr(config, "type", "") == "sqlite" and path else []
 
 
 _EVERY_ITEM = np.zeros(0, dtype=bool)  # ``passing``'s "no availability column": every item is
