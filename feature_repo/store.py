@@ -71,6 +71,14 @@ def online_store_is_local(ws: Workspace, online_store: str | dict[str, Any] | No
     return online_store_config(ws, online_store)["type"] == "sqlite"
 
 
+def online_store_file(store) -> Path | None:
+    """An opened store's SQLite file (which requests read a few pages at a time); None for any
+    other online store."""
+    config = getattr(getattr(store, "config", None), "online_store", None)
+    path = getattr(config, "path", None)
+    return Path(path) if getattr(config, "type", "") == "sqlite" and path else None
+
+
 def open_store(ws: Workspace, online_store: str | dict[str, Any] | None = None, socket_timeout: float | None = None):
     """A FeatureStore for the workspace (nothing is applied or materialized here);
     ``socket_timeout``: see ``online_store_config``."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,7 +134,7 @@ class Recommender:
     def __init__(self, ws: Workspace, quotas: Quotas = Quotas(), feature_store=None, read_store=None,
                  store_retry_seconds: float = 5.0, rules: Rules = Rules(), ranker: str = "published",
                  user_cache: int = 4096, model_runtime: str = "lite"):
-        from feature_repo.store import open_store
+        from feature_repo.store import online_store_file, open_store
 
         self.ws = ws
         self.ranker = ranker
@@ -155,7 +154,8 @@ class Recommender:
         self._stop = threading.Event()
         self.store = feature_store or open_store(ws)
         self.user_reader = OnlineRowReader(read_store or self.store, USER_FEATURE_SERVICE, "user_id")
-        read_ahead([*self.models.mapped_files, *_local_store_files(self.store)])
+        store_file = online_store_file(self.store)
+        read_ahead([*self.models.mapped_files, *([store_file] if store_file else [])])
         self._warm_up(self._live)
 
     @property
@@ -577,13 +577,6 @@ class Recommender:
         items = m.items
         return Recommendation(items.item_ids[p], score, retrieval, "+".join(sources), reason, items.category[p],
                               items.brand[p], float(items.price[p]), tuple(float(h) for h in heads))
-
-
-def _local_store_files(store) -> list[Path]:
-    """The online store's file when it is Feast's SQLite store (read piecewise by requests)."""
-    config = getattr(getattr(store, "config", None), "online_store", None)
-    path = getattr(config, "path", None)
-    return [Path(path)] if getattr(config, "type", "") == "sqlite" and path else []
 
 
 _EVERY_ITEM = np.zeros(0, dtype=bool)  # ``passing``'s "no availability column": every item is
