@@ -21,6 +21,9 @@ load. Finally, in this process after the servers are gone: candidates actually r
 setting, and the naive path (bench/naive_path.py) against the design's, sequential and on 8
 threads.
 
+With ``--out``, the JSON is written there and a plot beside it (``.svg``): latency by
+percentile, one line per start and method, against the p99 target.
+
     cp -r var /tmp/load_ws   # a trained workspace; RecordEvents writes into its online store
     .venv/bin/python bench/load.py --workspace /tmp/load_ws --servers 1 2 2:two_tower=520 \
         --concurrency 1 8 --rates 100 200 400 --repeats 3 --out /tmp/load.json   # ~30 min
@@ -96,11 +99,18 @@ def per_request_cpu(out: dict) -> dict:
     return out
 
 
+# The latency curve each window records (``latency_by_percentile_ms``) and --plot draws: denser
+# towards the tail, where the target is.
+CURVE_PERCENTILES = (10, 25, 50, 75, 90, 95, 97.5, 99, 99.5, 99.8, 99.9)
+
+
 def summary(lat_s: list[float], window_s: float, errors: dict[str, int]) -> dict:
     ms = np.array(lat_s) * 1000 if lat_s else np.array([np.nan])
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
             "p99_ms": round(float(np.percentile(ms, 99)), 3), "max_ms": round(float(ms.max()), 3),
-            "n": len(lat_s), "qps": round((len(lat_s) + sum(errors.values())) / window_s, 1), "errors": errors}
+            "n": len(lat_s), "qps": round((len(lat_s) + sum(errors.values())) / window_s, 1), "errors": errors,
+            "latency_by_percentile_ms": [[q, round(float(v), 3)]
+                                         for q, v in zip(CURVE_PERCENTILES, np.percentile(ms, CURVE_PERCENTILES))]}
 
 
 def stalls(started_s: list[float], lat_s: list[float], routes: list[int], processes: int,
@@ -440,6 +450,10 @@ def median_of(runs: list[dict]) -> dict:
             errors[code] = errors.get(code, 0) + count
     out.update(n=sum(r["n"] for r in runs), errors=errors, repeats=len(runs),
                loadavg_1m=[min(r["loadavg_1m"] for r in runs), max(r["loadavg_1m"] for r in runs)])
+    curves = [r["latency_by_percentile_ms"] for r in runs if r.get("latency_by_percentile_ms")]
+    if curves and len(curves) == len(runs):  # each percentile's median over the repeats
+        out["latency_by_percentile_ms"] = [[q, round(float(np.median([c[i][1] for c in curves])), 3)]
+                                           for i, (q, _) in enumerate(curves[0])]
     if runs[0].get("per_process_cores"):
         out["per_process_cores"] = runs[len(runs) // 2]["per_process_cores"]
     per_process = [r["p99_ms_per_process"] for r in runs if r.get("p99_ms_per_process")]
@@ -494,7 +508,10 @@ def main() -> None:
     p.add_argument("--naive-threads", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-dir", default="/tmp/shoprec_load_logs")
-    p.add_argument("--out", default=None, help="write the JSON here too")
+    p.add_argument("--out", default=None, help="write the JSON here too (and the latency plot beside it, as .svg)")
+    p.add_argument("--plot", default=None, help="write the latency-by-percentile plot (SVG) here "
+                   "(default: --out with .svg; none without either)")
+    p.add_argument("--target-p99", type=float, default=15.0, help="the p99 target drawn on the plot, in ms")
     args = p.parse_args()
 
     ws = Path(args.workspace).resolve()
@@ -567,7 +584,7 @@ def main() -> None:
                               f"errors {r['errors']}, "
                               f"load {r['loadavg_1m']}", file=sys.stderr)
                 for (method, routing), rs in runs.items():
-                    result["load"].append({"server": name, "processes": processes, "quotas": quotas or "default",
+                    result["load"].append({"server": name, "start": n_setup + 1, "processes": processes, "quotas": quotas or "default",
                                            "method": method, "routing": routing, "concurrency": c,
                                            "connections": conns or c, **median_of(rs), "runs": rs})
             for rate, routing in [(rate, routing) for rate in args.rates for routing in args.routing]:
@@ -614,6 +631,30 @@ def main() -> None:
 
         result["inprocess"] = inprocess(ws, load_users, [parse_server(s)[1] for s in args.servers], args)
     report(result, args.out)
+    plot = args.plot or (str(Path(args.out).with_suffix(".svg")) if args.out else None)
+    if plot and result["load"]:
+        Path(plot).write_text(latency_plot_svg(result["load"], args.target_p99))
+        print(f"latency plot: {plot}", file=sys.stderr)
+
+
+def latency_plot_svg(load: list[dict], target_p99_ms: float) -> str:
+    """Latency by percentile, one line per start and method (the median of its windows at each
+    percentile; GetInfo, the trivial baseline, dashed), on a scale that spreads the tail: the
+    distance from p50 to p90 equals that from p90 to p99 and from p99 to p99.9."""
+    from shoprec.plots import Line, line_chart_svg
+
+    nines = lambda q: -np.log10(1 - q / 100)  # noqa: E731 - p90 → 1, p99 → 2, p99.9 → 3
+    lines = [Line(f"{r.get('start', '')} {r['server']} {r['method']}"
+                  + (f" {r['routing']}" if r["method"] == "Recommend" else ""),
+                  [float(nines(q)) for q, _ in r["latency_by_percentile_ms"]],
+                  [ms for _, ms in r["latency_by_percentile_ms"]], dashed=r["method"] != "Recommend")
+             for r in load if r.get("latency_by_percentile_ms")]
+    concurrency = sorted({r["concurrency"] for r in load})
+    return line_chart_svg(lines, f"latency by percentile, C = {', '.join(map(str, concurrency))} "
+                          "(start, server, method)", "percentile",
+                          [(float(nines(q)), f"p{q:g}") for q in (50, 90, 99, 99.9)], y_label="ms",
+                          reference=(target_p99_ms, f"target p99 {target_p99_ms:g} ms"), x_grid=True,
+                          width=900, height=360, legend_width=380)
 
 
 def machine() -> dict:

@@ -460,27 +460,10 @@ def render_report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def line_plot_svg(series: dict[str, list[float]], title: str, width: int = 640, height: int = 320) -> str:
-    """A dependency-free SVG line chart (one line per policy), readable in any markdown viewer."""
-    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-    pad_l, pad_r, pad_t, pad_b = 50, 150, 30, 35
-    n = max((len(v) for v in series.values()), default=1)
-    top = max((max(v) for v in series.values() if v), default=1.0) or 1.0
-    x = lambda i: pad_l + (width - pad_l - pad_r) * (i / max(n - 1, 1))  # noqa: E731
-    y = lambda v: height - pad_b - (height - pad_t - pad_b) * (v / top)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
-             f'<text x="{pad_l}" y="18" font-size="13">{title}</text>',
-             f'<line x1="{pad_l}" y1="{height - pad_b}" x2="{width - pad_r}" y2="{height - pad_b}" stroke="black"/>',
-             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - pad_b}" stroke="black"/>']
-    for frac in (0.0, 0.5, 1.0):
-        parts.append(f'<text x="{pad_l - 6}" y="{y(top * frac) + 4:.1f}" text-anchor="end">{top * frac:.3f}</text>')
-    for i in range(n):
-        parts.append(f'<text x="{x(i):.1f}" y="{height - pad_b + 15}" text-anchor="middle">{i + 1}</text>')
-    for c, (name, values) in enumerate(series.items()):
-        colour = colours[c % len(colours)]
-        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
-        parts.append(f'<text x="{width - pad_r + 8}" y="{pad_t + 14 * c + 10}" fill="{colour}">{name}</text>')
-    parts.append(f'<text x="{(width - pad_r + pad_l) / 2}" y="{height - 5}" text-anchor="middle">day</text></svg>')
-    return "\n".join(parts)
+def line_plot_svg(series: dict[str, list[float]], title: str) -> str:
+    """Conversion by day, one line per policy (shoprec/plots.py draws it)."""
+    from shoprec.plots import Line, line_chart_svg
+
+    days = max((len(v) for v in series.values()), default=1)
+    return line_chart_svg([Line(name, list(range(1, len(values) + 1)), list(values)) for name, values in series.items()],
+                          title, "day", [(d, str(d)) for d in range(1, days + 1)])

@@ -65,6 +65,7 @@ def test_bad_settings_name_the_field(tmp_path, kwargs, field):
 def test_svg_plot_has_one_line_per_series():
     svg = line_plot_svg({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.2, 0.1]}, "t")
     assert svg.count("<polyline") == 2 and svg.endswith("</svg>")
+    assert ">day<" in svg and ">3<" in svg  # the x axis: days 1..3
 
 
 @pytest.mark.slow
