@@ -644,14 +644,14 @@ def latency_plot_svg(load: list[dict], target_p99_ms: float) -> str:
     from shoprec.plots import Line, line_chart_svg
 
     nines = lambda q: -np.log10(1 - q / 100)  # noqa: E731 - p90 → 1, p99 → 2, p99.9 → 3
-    lines = [Line(f"{r.get('start', '')} {r['server']} {r['method']}"
-                  + (f" {r['routing']}" if r["method"] == "Recommend" else ""),
+    lines = [Line(f"start {r.get('start', '?')}: {r['method']}"
+                  + (f" {r['routing']}" if r["method"] == "Recommend" else "") + f" ({r['server']})",
                   [float(nines(q)) for q, _ in r["latency_by_percentile_ms"]],
                   [ms for _, ms in r["latency_by_percentile_ms"]], dashed=r["method"] != "Recommend")
              for r in load if r.get("latency_by_percentile_ms")]
     concurrency = sorted({r["concurrency"] for r in load})
     return line_chart_svg(lines, f"latency by percentile, C = {', '.join(map(str, concurrency))} "
-                          "(start, server, method)", "percentile",
+                          "(start: method, server)", "percentile",
                           [(float(nines(q)), f"p{q:g}") for q in (50, 90, 99, 99.9)], y_label="ms",
                           reference=(target_p99_ms, f"target p99 {target_p99_ms:g} ms"), x_grid=True,
                           width=900, height=360, legend_width=380)

@@ -42,4 +42,4 @@ def test_plot_has_a_line_per_start_and_method_and_the_target():
     svg = latency_plot_svg(load, 15.0)
     lines = list(ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}polyline"))
     assert len(lines) == 4 and sum(line.get("stroke-dasharray") == "6,4" for line in lines) == 2  # GetInfo dashed
-    assert "2 2:ranker=dcn Recommend least-busy-2" in svg and "target p99 15 ms" in svg and ">p99.9<" in svg
+    assert "start 2: Recommend least-busy-2 (2:ranker=dcn)" in svg and "target p99 15 ms" in svg and ">p99.9<" in svg
