@@ -230,3 +230,53 @@ def test_redis_connections_fail_fast_and_take_a_read_timeout(tmp_path):
     assert "socket_timeout=0.25" in online_store_config(ws, "redis://10.0.0.5:6380", 0.25)["connection_string"]
     assert online_store_is_local(ws, "sqlite") and not online_store_is_local(ws, "redis://10.0.0.5:6380")
     assert online_store_config(ws, "sqlite", 0.25) == {"type": "sqlite", "path": str(ws.feast_dir / "online_store.db")}
+
+
+def test_reads_are_not_locked_out_by_another_process_write(tmp_path, planted, monkeypatch):
+    """After materialization the SQLite online store is in WAL mode: a read meets a write
+    transaction that another connection holds open (an events push of another server process)
+    and still gets the committed row at once. The same read in SQLite's rollback-journal mode
+    waits for the lock: here for 100 ms, then 'database is locked' (a server's read waited up to
+    the busy handler's 5 s, docs/benchmarks.md, thirty-second session)."""
+    import sqlite3
+    from contextlib import closing
+
+    import feature_repo.store as store_module
+    from feature_repo.online_read import OnlineRowReader
+
+    ws = Workspace.at(tmp_path)
+    _write_features(planted["tables"], ws.features_dir)
+    store = open_store(ws)
+    path = ws.feast_dir / "online_store.db"
+    assert not path.exists()  # opening a store creates no empty file (materialize would trust it)
+    apply(store, ws)
+    materialize(store, ws)
+    store._get_provider().online_store._get_conn(store.config).close()
+    with closing(sqlite3.connect(path)) as probe:
+        assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    user = planted["buyer"]
+
+    def read_during_a_write() -> list:
+        server = open_store(ws)  # a server process's store and reader
+        conn = server._get_provider().online_store._get_conn(server.config)
+        conn.execute("PRAGMA busy_timeout = 100")
+        reader = OnlineRowReader(server, "ranking_user_v1", "user_id")
+        want = reader.read(user)["recent_items"]
+        assert want
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN EXCLUSIVE")
+        try:
+            got = reader.read(user)["recent_items"]
+            assert got == want
+            return got
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+            conn.close()
+
+    read_during_a_write()
+    with closing(sqlite3.connect(path)) as other:  # the mode the store had before
+        assert other.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    monkeypatch.setattr(store_module, "use_wal", lambda store: False)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        read_during_a_write()
