@@ -110,6 +110,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                                   if loop_server and max_batch > 1 else None)
         self.events_batcher = (Batcher(self._record_events_batch, max_event_batch, name="shoprec-events")
                                if loop_server else None)
+        try:  # the first RecordEvents call would otherwise read the registry (~50 ms)
+            from feature_repo.realtime import prepare as prepare_events
+
+            prepare_events(recommender.store)
+        except Exception:  # noqa: BLE001 - serving goes on; the first push reports the problem
+            log.exception("RecordEvents could not be prepared; the first call will try again")
 
     async def _serve(self, work, request, context: grpc.aio.ServicerContext):
         try:
