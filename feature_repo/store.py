@@ -102,8 +102,8 @@ def open_store(ws: Workspace, online_store: str | dict[str, Any] | None = None, 
     return store
 
 
-def use_wal(store) -> bool:
-    """Put an existing SQLite online store in write-ahead-log mode; True if it is in it.
+def use_wal(store) -> None:
+    """Put an existing SQLite online store in write-ahead-log mode.
 
     Several server processes read the file while RecordEvents pushes write it. In SQLite's
     default (rollback-journal) mode a commit locks readers of other processes out, and a read
@@ -116,16 +116,14 @@ def use_wal(store) -> bool:
     that is locked for longer than SQLite's busy timeout stays as it is, with a log line."""
     path = online_store_file(store)
     if path is None or not path.exists():
-        return False
+        return
     import sqlite3
 
     conn = store._get_provider().online_store._get_conn(store.config)
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.OperationalError as e:  # e.g. locked by a long write: reads still work, only slower
         log.warning("online store %s stays in its journal mode (%s); readers may wait for writers", path, e)
-        return False
-    return str(mode).lower() == "wal"
 
 
 def apply(store, ws: Workspace) -> list[str]:

@@ -134,7 +134,8 @@ class Models:
             user_tower = tf.saved_model.load(str(retrieval_dir / "user_tower"))
             item_tower = tf.saved_model.load(str(retrieval_dir / "item_tower"))
             scorer = tf.saved_model.load(str(ranking_store.root / ranking_version / "scorer"))
-            item_embeddings = np.load(index_dir / "item_embeddings.npy", mmap_mode="r")  # aligned with the index
+            embeddings_file = index_dir / "item_embeddings.npy"
+            item_embeddings = np.load(embeddings_file, mmap_mode="r")  # aligned with the index
         except ModelNotLoaded:
             raise
         except Exception as e:  # any missing or broken artifact: say what to run
@@ -160,7 +161,7 @@ class Models:
         return cls(versions, user_tower, index, item_embeddings, scorer, items, index_to_item, item_to_index,
                    items.most_popular(len(items)), cooccurrence, item_tower, weights, head_index, repeat_rate,
                    catalog_availability(ws, items), fingerprint, churn, ranker_kind=spec.get("kind", ""),
-                   mapped_files=(index_dir / INDEX_FILE, index_dir / "item_embeddings.npy"))
+                   mapped_files=(index_dir / INDEX_FILE, embeddings_file))
 
 
 def _graph_call(function):
