@@ -67,14 +67,9 @@ def online_store_config(ws: Workspace, online_store: str | dict[str, Any] | None
                       f"use 'sqlite' or 'redis://HOST:PORT[/DB]'.")
 
 
-def online_store_is_local(ws: Workspace, online_store: str | dict[str, Any] | None = None) -> bool:
-    """Whether the online store is the workspace's SQLite file (no network, so no read timeout)."""
-    return online_store_config(ws, online_store)["type"] == "sqlite"
-
-
 def online_store_file(store) -> Path | None:
-    """An opened store's SQLite file (which requests read a few pages at a time); None for any
-    other online store."""
+    """An opened store's SQLite file (local: no network, so no read timeout; requests read it a
+    few pages at a time); None for any other online store."""
     config = getattr(getattr(store, "config", None), "online_store", None)
     path = getattr(config, "path", None)
     return Path(path) if getattr(config, "type", "") == "sqlite" and path else None

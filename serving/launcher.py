@@ -40,7 +40,7 @@ class ServerProcessFailed(ServingError):
 
 def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool, number: int = 1):
     """Load the live artifacts, open the feature store and start listening (the slow part)."""
-    from feature_repo.store import online_store_is_local, open_store
+    from feature_repo.store import online_store_file, open_store
     from feature_repo.workspace import Workspace
     from serving.recommender import Recommender
     from serving.server import start
@@ -51,7 +51,7 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool, number:
     store = open_store(ws, cfg.online_store)
     # Requests read through a client of their own with a short timeout (store_read_timeout_seconds):
     # pushes keep the longer one. SQLite is a local file: one store, whose connection both share.
-    reads = (None if online_store_is_local(ws, cfg.online_store)
+    reads = (None if online_store_file(store) is not None
              else open_store(ws, cfg.online_store, socket_timeout=cfg.store_read_timeout_seconds))
     recommender = Recommender(ws, quotas=cfg.quotas, feature_store=store, read_store=reads,
                               store_retry_seconds=cfg.store_retry_seconds, rules=cfg.rules, ranker=cfg.ranker,

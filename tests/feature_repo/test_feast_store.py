@@ -221,15 +221,18 @@ def test_an_interrupted_materialization_is_completed_by_the_next_run(tmp_path, p
 def test_redis_connections_fail_fast_and_take_a_read_timeout(tmp_path):
     """No redis-py retries with backoff; 2 s per command by default (jobs, pushes), or the given
     timeout (serving's request-path reads); SQLite has no timeout to set."""
-    from feature_repo.store import online_store_config, online_store_is_local
+    from feature_repo.store import online_store_config, online_store_file, open_store
 
     ws = Workspace(tmp_path)
     default = online_store_config(ws, "redis://10.0.0.5:6380/2")["connection_string"]
     assert default.startswith("10.0.0.5:6380,db=2,") and "retry=null" in default
     assert "socket_timeout=2.0" in default and "socket_connect_timeout=0.2" in default
     assert "socket_timeout=0.25" in online_store_config(ws, "redis://10.0.0.5:6380", 0.25)["connection_string"]
-    assert online_store_is_local(ws, "sqlite") and not online_store_is_local(ws, "redis://10.0.0.5:6380")
     assert online_store_config(ws, "sqlite", 0.25) == {"type": "sqlite", "path": str(ws.feast_dir / "online_store.db")}
+    # The launcher asks the opened store whether it is the local file (one store for reads and pushes).
+    ws.feast_dir.mkdir(parents=True, exist_ok=True)
+    assert online_store_file(open_store(ws, "sqlite")) == ws.feast_dir / "online_store.db"
+    assert online_store_file(open_store(ws, "redis://10.0.0.5:6380")) is None
 
 
 def test_reads_are_not_locked_out_by_another_process_write(tmp_path, planted, monkeypatch):
