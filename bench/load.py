@@ -342,6 +342,12 @@ async def freshness(address: str, users: list[str], event_type: str, k: int, tim
         changed, gone, ack, polls, rejected, repeat_only = [], [], [], [], 0, 0
         in_features: list[bool] = []
         loop = asyncio.get_running_loop()
+
+        async def newest_stored(user: str) -> list[str]:
+            # On a thread: a synchronous store read here would hold up this loop's background
+            # load coroutines too, and show up as their latency.
+            return list(await asyncio.to_thread(read_recent, user))[-1:]
+
         for n, user in enumerate(users):
             before = await stub.Recommend(pb.RecommendRequest(user_id=user, k=k), timeout=5)
             ids = [r.item_id for r in before.items]
@@ -357,10 +363,7 @@ async def freshness(address: str, users: list[str], event_type: str, k: int, tim
                 # Not the user's latest item either: a repeat of it is merged into it by design
                 # (feature_repo/realtime.py), so it need not move the page. Runs on one workspace
                 # view the same items again: 24 of 100 such repeats left the page as it was.
-                # On a thread: a synchronous store read here would hold up this loop's background
-                # load coroutines too, and show up as their latency.
-                latest = (set(list(await asyncio.to_thread(read_recent, user))[-1:]) if read_recent is not None
-                          else set())
+                latest = set(await newest_stored(user)) if read_recent is not None else set()
                 item, price = next(i for i in item_pool[n % len(item_pool):] + item_pool
                                    if i not in ids and i not in latest), 0.0
             t0 = loop.time()
@@ -384,7 +387,7 @@ async def freshness(address: str, users: list[str], event_type: str, k: int, tim
             gone.append(t_gone)
             polls.append(count)
             if read_recent is not None:
-                in_features.append(list(await asyncio.to_thread(read_recent, user))[-1:] == [item])
+                in_features.append(await newest_stored(user) == [item])
         stop.set()
         bg_result = await bg if bg is not None else None
 
