@@ -41,6 +41,9 @@ class ServingConfig:
     Args:
       host: interface to listen on ("0.0.0.0" for every interface).
       port: TCP port; 0 picks a free one (single process only).
+      metrics_port: HTTP port serving Prometheus metrics at /metrics (calls by RPC and status
+        code, server time per call, degraded answers, events, reloads: serving/metrics.py),
+        summed over the processes; 0 (default) does not serve them.
       workers: request threads per process; 0 (default) runs Recommend and the other reads on
         the server's event loop and RecordEvents on a thread of its own, fastest when the
         online store is local (docs/benchmarks.md); N threads let requests overlap the round
@@ -89,6 +92,7 @@ class ServingConfig:
 
     host: str = "127.0.0.1"
     port: int = 50051
+    metrics_port: int = 0
     workers: int = 0
     max_batch: int = 1
     max_event_batch: int = 8
@@ -266,6 +270,11 @@ def _validate(cfg: ServingConfig, label) -> None:
 
     require(bool(cfg.host.strip()), None, "host", 'must name an interface, e.g. "127.0.0.1" or "0.0.0.0"')
     require(0 <= cfg.port <= 65535, None, "port", "must be between 0 and 65535 (0 picks a free port)")
+    require(0 <= cfg.metrics_port <= 65535, None, "metrics_port",
+            "must be between 0 and 65535 (0: no metrics endpoint; e.g. 9464)")
+    if cfg.metrics_port and cfg.metrics_port == cfg.port:
+        raise ConfigError(f"{label(None, 'metrics_port')}: {cfg.metrics_port} is also the gRPC port (from "
+                          f"{label(None, 'port')}); give the metrics endpoint a port of its own, e.g. 9464")
     require(cfg.workers >= 0, None, "workers", "must be >= 0 (request threads per process; 0: on the event loop)")
     require(1 <= cfg.max_batch <= 256, None, "max_batch",
             "must be between 1 and 256 (Recommend calls answered together; 1: one at a time)")

@@ -119,21 +119,46 @@ def serve(cfg: ServingConfig, ws_root: Path, out: Callable[[str], None] = print,
         stop = _stop_on_signals()
         try:
             if group.start(stop, grace):
-                out(f"shoprec serving on {cfg.host}:{cfg.port} with {cfg.processes} processes (Ctrl-C to stop)")
+                out(f"shoprec serving on {cfg.host}:{cfg.port} with {cfg.processes} processes (Ctrl-C to stop)"
+                    + _metrics_line(cfg))
                 died = group.wait(stop)
                 if died:
                     raise ServerProcessFailed(died)
         finally:
             group.stop(grace)
         return
-    running = _load_and_start(cfg, ws_root, reuse_port=False)
-    out(f"shoprec serving on {cfg.host}:{running.port} (Ctrl-C to stop)")
-    stop = _stop_on_signals()
+    exposed = expose_metrics(cfg)
     try:
-        while not stop.wait(0.5):  # a timeout keeps the wait responsive to signal handlers
-            pass
+        running = _load_and_start(cfg, ws_root, reuse_port=False)
+        out(f"shoprec serving on {cfg.host}:{running.port} (Ctrl-C to stop)" + _metrics_line(cfg))
+        stop = _stop_on_signals()
+        try:
+            while not stop.wait(0.5):  # a timeout keeps the wait responsive to signal handlers
+                pass
+        finally:
+            running.stop(grace)
     finally:
-        running.stop(grace)
+        if exposed is not None:
+            exposed.close()
+
+
+def expose_metrics(cfg: ServingConfig, registry=None):
+    """The /metrics endpoint on ``cfg.metrics_port`` (None when it is 0), opened before anything
+    loads so that a taken port fails at once; ``registry``: this process's values by default."""
+    if not cfg.metrics_port:
+        return None
+    from serving.metrics import REGISTRY, Exposed
+
+    try:
+        return Exposed(cfg.host, cfg.metrics_port, registry or REGISTRY)
+    except OSError as e:
+        raise PortInUse(f"metrics_port {cfg.metrics_port} on {cfg.host} cannot be served ({e.strerror}); stop "
+                        f"what holds it or choose another port (metrics_port, SHOPREC_SERVE_METRICS_PORT; "
+                        f"0 serves no metrics)") from e
+
+
+def _metrics_line(cfg: ServingConfig) -> str:
+    return f"; metrics on http://{cfg.host}:{cfg.metrics_port}/metrics" if cfg.metrics_port else ""
 
 
 def _child_main(number: int, cfg: ServingConfig, ws_root: Path, conn: multiprocessing.connection.Connection,
@@ -190,6 +215,8 @@ class ServerProcesses:
         self.startup_timeout = startup_timeout
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.conns: list[multiprocessing.connection.Connection] = []
+        self.shared_metrics = None  # with metrics_port: where the children write their values
+        self.metrics = None  # ... and the endpoint that serves their sum
 
     @property
     def address(self) -> str:
@@ -199,6 +226,11 @@ class ServerProcesses:
     def start(self, stop: threading.Event | None = None, grace: float = 2.0) -> bool:
         """Start every process and wait until each serves; False if ``stop`` was set meanwhile."""
         stop = stop or threading.Event()
+        if self.cfg.metrics_port:
+            from serving.metrics import SharedValues
+
+            self.shared_metrics = SharedValues()  # before the children start: they inherit it
+            self.metrics = expose_metrics(self.cfg, self.shared_metrics.registry())
         ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold gRPC threads
         n = self.cfg.processes
         for i in range(n):
@@ -263,3 +295,9 @@ class ServerProcesses:
                 p.join()
         for conn in self.conns:
             conn.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.shared_metrics is not None:
+            self.shared_metrics.close()
+            self.shared_metrics = None

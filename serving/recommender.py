@@ -28,6 +28,7 @@ from feature_repo.online_read import OnlineRowReader
 from feature_repo.workspace import Workspace
 from ranking.features import rank_features
 from retrieval.user_features import activity_vector
+from serving import metrics
 from serving.candidates import ALL_SOURCES, Candidates, CandidateSources, Quotas, passing
 from serving.errors import ModelNotLoaded, StoreUnavailable, UnknownItem
 from serving.models import NO_ITEM_IDS, Models, disk_fingerprint
@@ -194,9 +195,11 @@ class Recommender:
                 self._warm_up(live)
             except Exception:  # noqa: BLE001 - keep serving the old version, loudly
                 log.exception("reload failed; still serving %s", self.models.versions)
+                metrics.record_reload(ok=False)
                 return False
             old = self.models.versions
             self._live = live
+            metrics.record_reload(ok=True)
             log.info("reloaded: %s -> %s", old, live.models.versions)
             return True
 

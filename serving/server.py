@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving import metrics
 from serving.batching import Batcher
 from serving.errors import InvalidArgument, status_for
 from serving.proto import recommender_pb2 as pb
@@ -117,18 +119,24 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         except Exception:  # noqa: BLE001 - serving goes on; the first push reports the problem
             log.exception("RecordEvents could not be prepared; the first call will try again")
 
-    async def _serve(self, work, request, context: grpc.aio.ServicerContext):
+    async def _serve(self, rpc: str, work, request, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
         try:
             self._check_deadline(context)
             if isinstance(work, Batcher):
-                return await work.submit(request)
-            if self._pool is None:
-                return work(request)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, work, request)
+                response = await work.submit(request)
+            elif self._pool is None:
+                response = work(request)
+            else:
+                response = await asyncio.get_running_loop().run_in_executor(self._pool, work, request)
         except Exception as e:  # noqa: BLE001 - every error goes through the one status table
             code, message = status_for(e)
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("unexpected error while serving a request")
+        else:
+            metrics.record_call(rpc, "OK", time.perf_counter() - started, getattr(response, "degraded", False))
+            return response
+        metrics.record_call(rpc, code.name, time.perf_counter() - started)
         await context.abort(code, message)
 
     @staticmethod
@@ -158,7 +166,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return response
 
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
-        return await self._serve(self.recommend_batcher or self._recommend, request, context)
+        return await self._serve("Recommend", self.recommend_batcher or self._recommend, request, context)
 
     def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
         return _alone(self._recommend_batch, request)
@@ -173,7 +181,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return _answer_valid(requests, check, self.recommender.recommend_many, self._respond)
 
     async def SimilarItems(self, request: pb.SimilarItemsRequest, context) -> pb.RecommendResponse:
-        return await self._serve(self._similar_items, request, context)
+        return await self._serve("SimilarItems", self._similar_items, request, context)
 
     def _similar_items(self, request: pb.SimilarItemsRequest) -> pb.RecommendResponse:
         _check_id(request.item_id, "item_id", self.limits)
@@ -182,7 +190,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return self._respond(self.recommender.similar_items(request.item_id, k, exclude, request.same_category))
 
     async def CartRecommendations(self, request: pb.CartRequest, context) -> pb.RecommendResponse:
-        return await self._serve(self._cart, request, context)
+        return await self._serve("CartRecommendations", self._cart, request, context)
 
     def _cart(self, request: pb.CartRequest) -> pb.RecommendResponse:
         if not request.item_ids:
@@ -193,7 +201,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return self._respond(self.recommender.cart(list(items), k, request.user_id))
 
     async def GetUserInsights(self, request: pb.UserInsightsRequest, context) -> pb.UserInsightsResponse:
-        return await self._serve(self._insights, request, context)
+        return await self._serve("GetUserInsights", self._insights, request, context)
 
     def _insights(self, request: pb.UserInsightsRequest) -> pb.UserInsightsResponse:
         _check_id(request.user_id, "user_id", self.limits)
@@ -205,7 +213,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             segment=out["segment"], churn_version=out["version"])
 
     async def RecordEvents(self, request: pb.RecordEventsRequest, context) -> pb.RecordEventsResponse:
-        return await self._serve(self.events_batcher or self._record_events, request, context)
+        return await self._serve("RecordEvents", self.events_batcher or self._record_events, request, context)
 
     def _record_events(self, request: pb.RecordEventsRequest) -> pb.RecordEventsResponse:
         return _alone(self._record_events_batch, request)
@@ -225,14 +233,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                                       self.limits.max_id_length)
 
         def respond(results) -> pb.RecordEventsResponse:
+            accepted = sum(r.accepted for r in results)
+            metrics.record_events(accepted, len(results) - accepted)
             return pb.RecordEventsResponse(
                 results=[pb.EventResult(index=r.index, accepted=r.accepted, error=r.error) for r in results],
-                accepted=sum(r.accepted for r in results))
+                accepted=accepted)
 
         return _answer_valid(requests, check, record, respond)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context) -> pb.GetInfoResponse:
-        return await self._serve(self._info, request, context)
+        return await self._serve("GetInfo", self._info, request, context)
 
     def _info(self, request: pb.GetInfoRequest) -> pb.GetInfoResponse:
         m = self.recommender.models

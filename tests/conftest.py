@@ -143,3 +143,21 @@ def shared_store_load():
             assert viewed <= set(row["recent_items"] or [])
 
     return run
+
+
+@pytest.fixture()
+def scrape():
+    """Read http://127.0.0.1:PORT/metrics (a real scrape): every sample, keyed by its name and
+    labels as a frozenset of (label, value) pairs."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def read(port: int) -> dict[tuple[str, frozenset], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.status == 200
+            text = response.read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    return read

@@ -117,6 +117,9 @@ BAD = [  # (file text, environment, flags) → substrings the message must conta
     ("store_read_timeout_seconds = 0\n", {}, {}, ["store_read_timeout_seconds in", "between 0 and 60"]),
     ("reload_seconds = 0\n", {}, {}, ["reload_seconds in", "> 0"]),
     ('host = ""\n', {}, {}, ["host in", "0.0.0.0"]),
+    ("metrics_port = 70000\n", {}, {}, ["metrics_port in", "between 0 and 65535"]),
+    ("port = 9464\n", {"SHOPREC_SERVE_METRICS_PORT": "9464"}, {},
+     ["SHOPREC_SERVE_METRICS_PORT", "port in", "a port of its own"]),
 ]
 
 
@@ -202,17 +205,21 @@ def _channels_to_one_process(address: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
+def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, scrape):
     import pandas as pd
 
     from concurrent.futures import ThreadPoolExecutor
 
+    import grpc
+
     from serving.client import RecommenderClient, _Connections
     from serving.launcher import ServerProcesses
+    from serving.metrics import MULTIPROCESS_ENV
     from serving.proto import recommender_pb2 as pb
     from serving.proto import recommender_pb2_grpc as pb_grpc
 
-    cfg = ServingConfig(port=_free_port(), processes=2, workers=2)
+    cfg = ServingConfig(port=_free_port(), processes=2, workers=2, metrics_port=_free_port())
+    env_before = {name: os.environ.get(name) for name in MULTIPROCESS_ENV}  # Feast may have set them
     users = pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].value_counts().index[:10]
     lines: list[str] = []
     group = ServerProcesses(cfg, trained_workspace.root, out=lines.append, startup_timeout=90)
@@ -251,11 +258,26 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace):
             assert sorted(pb_grpc.RecommenderStub(c).GetInfo(pb.GetInfoRequest(), timeout=10).process
                           for c in capped.channels) == [1, 2]
             assert capped.routes.cap == 1  # the new connections keep the client's cap
+        with pytest.raises(grpc.RpcError) as error:
+            RecommenderClient(group.address, timeout=10).recommend("", k=5)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # One scrape of the parent's endpoint sums both processes (each served some of the calls).
+        counted = scrape(cfg.metrics_port)
+        assert counted[("shoprec_requests_total", frozenset({"rpc": "Recommend", "code": "OK"}.items()))] == 104
+        assert counted[("shoprec_requests_total",
+                        frozenset({"rpc": "Recommend", "code": "INVALID_ARGUMENT"}.items()))] == 1
+        assert counted[("shoprec_request_duration_seconds_count", frozenset({"rpc": "Recommend"}.items()))] == 105
         os.kill(group.processes[1].pid, signal.SIGKILL)  # a crash while serving is noticed and named
         assert re.match(r"process 2/2 \(pid \d+\) exited with code -9 while serving", group.wait(threading.Event()))
+        # The killed process's counts are not lost: its values stay in the shared directory.
+        assert scrape(cfg.metrics_port)[("shoprec_requests_total",
+                                         frozenset({"rpc": "Recommend", "code": "OK"}.items()))] == 104
+        shared = group.shared_metrics.path
     finally:
         group.stop()
     assert group.processes[0].exitcode == 0  # SIGTERM: drained and exited, not killed
+    assert not shared.exists()
+    assert {name: os.environ.get(name) for name in MULTIPROCESS_ENV} == env_before  # as it was
 
 
 @pytest.mark.slow

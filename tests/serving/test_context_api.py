@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from prometheus_client import REGISTRY
+
 from feature_repo.artifacts import ArtifactStore
 
 
@@ -148,7 +150,9 @@ def test_hot_reload_under_concurrent_requests(client, grpc_server, recommender, 
     try:
         assert recommender.reload_if_changed() is False  # nothing new: no reload
         store.publish(other)
+        reloads = REGISTRY.get_sample_value("shoprec_reloads_total", {"result": "ok"}) or 0.0
         assert recommender.reload_if_changed() is True
+        assert REGISTRY.get_sample_value("shoprec_reloads_total", {"result": "ok"}) == reloads + 1
         assert client.info().ranking_version == other
     finally:
         store.publish(live)
@@ -166,8 +170,10 @@ def test_a_broken_new_version_keeps_the_old_one_serving(recommender, trained_wor
     with store.build(kind="ranking", model="dcn", features=["not", "these"]) as b:
         (b.path / "scorer").mkdir()
     store.publish(b.version)
+    failed = REGISTRY.get_sample_value("shoprec_reloads_total", {"result": "failed"}) or 0.0
     try:
         assert recommender.reload_if_changed() is False
+        assert REGISTRY.get_sample_value("shoprec_reloads_total", {"result": "failed"}) == failed + 1
         assert recommender.models.versions["ranking"] == live
         assert recommender.recommend(_top_user(trained_workspace), 5).items
     finally:

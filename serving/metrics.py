@@ -1,0 +1,100 @@
+"""Prometheus metrics of the gRPC service: what an operator graphs and alerts on.
+
+Every call passes through ``RecommenderServicer._serve``, which records here its RPC, its status
+code and the server's time on it; Recommend answers served without the online store count as
+degraded, RecordEvents counts each event accepted or rejected, and hot reloads count by outcome.
+Recording costs a few microseconds a call (docs/benchmarks.md, thirty-fourth session).
+
+``shoprec serve`` exposes them over HTTP on ``metrics_port`` (0: not exposed) at ``/metrics``.
+With several server processes on one port each child writes its values to files in a directory
+of the parent's (prometheus_client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set before
+the children start, and the library reads it when it is first imported), and the parent serves
+their sum, so one scrape covers the port. Counters survive a child that crashes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, multiprocess
+
+# prometheus_client reads the first; Feast's metrics module, when a store operation imports it,
+# makes a temporary directory of its own for the second unless it is set, and removes it only at
+# a normal exit (a server child ends with os._exit), so the children get both.
+MULTIPROCESS_ENV = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+REQUESTS = Counter("shoprec_requests", "gRPC calls answered, by RPC and status code", ["rpc", "code"])
+# The handler's time: from the call reaching the service to its answer (or error). gRPC's own
+# transport and a call's wait for the process are not in it; the client's latency is.
+DURATION = Histogram("shoprec_request_duration_seconds", "Server time of a gRPC call, by RPC", ["rpc"],
+                     buckets=(.001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .1, .25, .5, 1.0, 2.5, 10.0))
+DEGRADED = Counter("shoprec_degraded_responses", "Answers served without the online store's features "
+                   "(degraded = true: the store was down or too slow)", ["rpc"])
+EVENTS = Counter("shoprec_events", "RecordEvents events, by outcome (rejected: failed validation or the push)",
+                 ["result"])
+RELOADS = Counter("shoprec_reloads", "Hot reloads of newly published versions, by outcome "
+                  "(failed: the old version still serves; see the log)", ["result"])
+
+_by_call: dict[tuple[str, str], tuple] = {}
+
+
+def record_call(rpc: str, code: str, seconds: float, degraded: bool = False) -> None:
+    """One answered call: its status code (e.g. "OK", "INVALID_ARGUMENT") and the server's time."""
+    children = _by_call.get((rpc, code))
+    if children is None:  # labels() takes a lock and hashes; the few (rpc, code) pairs are kept
+        children = _by_call[(rpc, code)] = (REQUESTS.labels(rpc, code), DURATION.labels(rpc), DEGRADED.labels(rpc))
+    children[0].inc()
+    children[1].observe(seconds)
+    if degraded:
+        children[2].inc()
+
+
+def record_events(accepted: int, rejected: int) -> None:
+    if accepted:
+        EVENTS.labels("accepted").inc(accepted)
+    if rejected:
+        EVENTS.labels("rejected").inc(rejected)
+
+
+def record_reload(ok: bool) -> None:
+    RELOADS.labels("ok" if ok else "failed").inc()
+
+
+class SharedValues:
+    """The directory where server processes write their values, for the processes started
+    while it is open (``PROMETHEUS_MULTIPROC_DIR`` in this process's environment, which spawned
+    children inherit). Closing restores the environment and deletes the directory."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="shoprec-metrics-"))
+        self._before = {name: os.environ.get(name) for name in MULTIPROCESS_ENV}
+        os.environ.update({name: str(self.path) for name in MULTIPROCESS_ENV})
+
+    def registry(self) -> CollectorRegistry:
+        """A registry that sums every process's values at each scrape."""
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.path))
+        return registry
+
+    def close(self) -> None:
+        for name, value in self._before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class Exposed:
+    """The HTTP endpoint serving ``/metrics`` (prometheus_client's server, on a daemon thread)."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry = REGISTRY):
+        self.httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.port = self.httpd.server_port
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,87 @@
+"""Prometheus metrics: every call counted by RPC and status code, its server time, degraded
+answers and events, served over real HTTP (the two-process sum: tests/serving/test_config.py)."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+
+def grew(before: dict, after: dict, name: str, **labels: str) -> float:
+    """How much the sample ``name`` with ``labels`` grew between two scrapes."""
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+@pytest.fixture()
+def endpoint():
+    from serving.metrics import Exposed
+
+    exposed = Exposed("127.0.0.1", 0)  # this process's registry, on a free port
+    yield exposed
+    exposed.close()
+
+
+def test_calls_are_counted_by_rpc_and_status_code_with_their_time(client, trained_workspace, endpoint, scrape):
+    from serving.proto import recommender_pb2 as pb
+
+    import pandas as pd
+
+    user = str(pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].iloc[0])
+    before = scrape(endpoint.port)
+    for _ in range(3):
+        client.recommend(user, k=5)
+    for bad in ({"user_id": "", "k": 5}, {"user_id": user, "k": 10_000}):  # no user; k over the limit
+        with pytest.raises(grpc.RpcError) as error:
+            client.stub.Recommend(pb.RecommendRequest(**bad), timeout=10)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    client.info()
+    after = scrape(endpoint.port)
+
+    assert grew(before, after, "shoprec_requests_total", rpc="Recommend", code="OK") == 3
+    assert grew(before, after, "shoprec_requests_total", rpc="Recommend", code="INVALID_ARGUMENT") == 2
+    assert grew(before, after, "shoprec_requests_total", rpc="GetInfo", code="OK") == 1
+    assert grew(before, after, "shoprec_request_duration_seconds_count", rpc="Recommend") == 5
+    assert grew(before, after, "shoprec_request_duration_seconds_bucket", rpc="Recommend", le="+Inf") == 5
+    assert 0 < grew(before, after, "shoprec_request_duration_seconds_sum", rpc="Recommend") < 5
+    assert grew(before, after, "shoprec_degraded_responses_total", rpc="Recommend") == 0
+
+
+def test_rejected_events_are_counted_each(client, endpoint, scrape):
+    before = scrape(endpoint.port)
+    response = client.record_events([{"user_id": "", "item_id": "i000001", "event_type": "view"},
+                                     {"user_id": "u1", "item_id": "i000001", "event_type": "like"}])
+    assert response.accepted == 0  # nothing reaches the store: the shared server stays as it was
+    after = scrape(endpoint.port)
+    assert grew(before, after, "shoprec_events_total", result="rejected") == 2
+    assert grew(before, after, "shoprec_events_total", result="accepted") == 0
+    assert grew(before, after, "shoprec_requests_total", rpc="RecordEvents", code="OK") == 1
+
+
+@pytest.mark.slow
+def test_answers_without_the_online_store_are_counted_as_degraded(trained_workspace, endpoint, scrape):
+    """A real Feast Redis online store where no Redis listens, behind a real gRPC server."""
+    import socket
+
+    from feature_repo.store import open_store
+    from serving.client import RecommenderClient
+    from serving.recommender import Recommender
+    from serving.server import start
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    rec = Recommender(trained_workspace, feature_store=open_store(trained_workspace, f"redis://127.0.0.1:{closed}"))
+    running = start(rec, port=0)
+    try:
+        before = scrape(endpoint.port)
+        with RecommenderClient(running.address) as c:
+            assert all(c.recommend("u000001", k=5).degraded for _ in range(2))
+            with pytest.raises(grpc.RpcError) as error:  # a churn risk from nothing would mislead
+                c.user_insights("u000001")
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        after = scrape(endpoint.port)
+    finally:
+        running.stop()
+        rec.close()
+    assert grew(before, after, "shoprec_degraded_responses_total", rpc="Recommend") == 2
+    assert grew(before, after, "shoprec_requests_total", rpc="GetUserInsights", code="UNAVAILABLE") == 1
