@@ -85,3 +85,47 @@ def test_answers_without_the_online_store_are_counted_as_degraded(trained_worksp
         rec.close()
     assert grew(before, after, "shoprec_degraded_responses_total", rpc="Recommend") == 2
     assert grew(before, after, "shoprec_requests_total", rpc="GetUserInsights", code="UNAVAILABLE") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_shoprec_serve_exposes_metrics_from_its_environment(trained_workspace, scrape):
+    """The real command, one process: SHOPREC_SERVE_METRICS_PORT opens /metrics before loading,
+    its calls show there, and SIGTERM ends both."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from serving.client import RecommenderClient
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "SHOPREC_SERVE_METRICS_PORT": str(metrics_port)}
+    command = [sys.executable, "-c", "import sys; from shoprec.cli import main; sys.exit(main())",
+               "--workspace", str(trained_workspace.root), "serve", "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in server.stdout:  # the log, then the line that says it serves
+            if line.startswith("shoprec serving on"):
+                break
+        else:
+            pytest.fail(f"shoprec serve exited with {server.wait()} before serving")
+        assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in line
+        with RecommenderClient(f"127.0.0.1:{port}", timeout=10) as client:
+            client.recommend("u000001", k=5)
+            client.info()
+        counted = scrape(metrics_port)
+        assert counted[("shoprec_requests_total", frozenset({"rpc": "Recommend", "code": "OK"}.items()))] == 1
+        assert counted[("shoprec_requests_total", frozenset({"rpc": "GetInfo", "code": "OK"}.items()))] == 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        rest, _ = server.communicate(timeout=60)  # reads the pipe to the end, so the log never blocks it
+        assert server.returncode == 0, rest[-2000:]
+    with pytest.raises(OSError):  # the endpoint went with the server
+        scrape(metrics_port)
