@@ -215,8 +215,8 @@ class ServerProcesses:
         self.startup_timeout = startup_timeout
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.conns: list[multiprocessing.connection.Connection] = []
-        self.shared_metrics = None  # with metrics_port: where the children write their values
-        self.metrics = None  # ... and the endpoint that serves their sum
+        self.shared_metrics = None  # where the children write their metrics' values
+        self.metrics = None  # with metrics_port: the endpoint that serves their sum
 
     @property
     def address(self) -> str:
@@ -226,11 +226,12 @@ class ServerProcesses:
     def start(self, stop: threading.Event | None = None, grace: float = 2.0) -> bool:
         """Start every process and wait until each serves; False if ``stop`` was set meanwhile."""
         stop = stop or threading.Event()
-        if self.cfg.metrics_port:
-            from serving.metrics import SharedValues
+        from serving.metrics import SharedValues
 
-            self.shared_metrics = SharedValues()  # before the children start: they inherit it
-            self.metrics = expose_metrics(self.cfg, self.shared_metrics.registry())
+        # Before the children start, so that they inherit it; also without metrics_port, because
+        # Feast would otherwise leave a directory of its own in /tmp per child (serving/metrics.py).
+        self.shared_metrics = SharedValues()
+        self.metrics = expose_metrics(self.cfg, self.shared_metrics.registry())
         ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold gRPC threads
         n = self.cfg.processes
         for i in range(n):

@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import threading
 import tomllib
 from dataclasses import fields
@@ -220,6 +221,7 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, s
 
     cfg = ServingConfig(port=_free_port(), processes=2, workers=2, metrics_port=_free_port())
     env_before = {name: os.environ.get(name) for name in MULTIPROCESS_ENV}  # Feast may have set them
+    feast_dirs = set(Path(tempfile.gettempdir()).glob("feast_metrics_*"))
     users = pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].value_counts().index[:10]
     lines: list[str] = []
     group = ServerProcesses(cfg, trained_workspace.root, out=lines.append, startup_timeout=90)
@@ -278,6 +280,7 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, s
     assert group.processes[0].exitcode == 0  # SIGTERM: drained and exited, not killed
     assert not shared.exists()
     assert {name: os.environ.get(name) for name in MULTIPROCESS_ENV} == env_before  # as it was
+    assert set(Path(tempfile.gettempdir()).glob("feast_metrics_*")) <= feast_dirs  # none left by the children
 
 
 @pytest.mark.slow
