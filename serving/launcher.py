@@ -150,7 +150,7 @@ def expose_metrics(cfg: ServingConfig, registry=None):
     from serving.metrics import REGISTRY, Exposed
 
     try:
-        return Exposed(cfg.host, cfg.metrics_port, registry or REGISTRY)
+        return Exposed(cfg.host.strip("[]"), cfg.metrics_port, registry or REGISTRY)  # "[::]" as gRPC takes it
     except OSError as e:
         raise PortInUse(f"metrics_port {cfg.metrics_port} on {cfg.host} cannot be served ({e.strerror}); stop "
                         f"what holds it or choose another port (metrics_port, SHOPREC_SERVE_METRICS_PORT; "
@@ -230,7 +230,7 @@ class ServerProcesses:
 
         # Before the children start, so that they inherit it; also without metrics_port, because
         # Feast would otherwise leave a directory of its own in /tmp per child (serving/metrics.py).
-        self.shared_metrics = SharedValues()
+        self.shared_metrics = SharedValues(collect=bool(self.cfg.metrics_port))
         self.metrics = expose_metrics(self.cfg, self.shared_metrics.registry())
         ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold gRPC threads
         n = self.cfg.processes

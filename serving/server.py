@@ -129,6 +129,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 response = work(request)
             else:
                 response = await asyncio.get_running_loop().run_in_executor(self._pool, work, request)
+        except asyncio.CancelledError:  # the client gave up or its deadline passed while we waited
+            remaining = context.time_remaining()
+            gone = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            metrics.record_call(rpc, gone, time.perf_counter() - started)
+            raise
         except Exception as e:  # noqa: BLE001 - every error goes through the one status table
             code, message = status_for(e)
             if code == grpc.StatusCode.INTERNAL:
@@ -229,8 +234,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             return request.events
 
         def record(calls: list) -> list:
-            return record_event_calls(self.recommender.store, calls, self.recommender.models.items.position,
-                                      self.limits.max_id_length)
+            answers = record_event_calls(self.recommender.store, calls, self.recommender.models.items.position,
+                                         self.limits.max_id_length)
+            failed = sum(len(events) for events, answer in zip(calls, answers) if isinstance(answer, Exception))
+            metrics.record_events(0, failed)  # a failed push: none of the call's events was stored
+            return answers
 
         def respond(results) -> pb.RecordEventsResponse:
             accepted = sum(r.accepted for r in results)

@@ -177,9 +177,19 @@ def test_a_taken_port_is_refused_before_anything_loads(reuse_port):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_ports(1)[0]
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` different free ports (held open together while they are picked)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _channels_to_one_process(address: str) -> list:
@@ -219,7 +229,8 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, s
     from serving.proto import recommender_pb2 as pb
     from serving.proto import recommender_pb2_grpc as pb_grpc
 
-    cfg = ServingConfig(port=_free_port(), processes=2, workers=2, metrics_port=_free_port())
+    port, metrics_port = _free_ports(2)
+    cfg = ServingConfig(port=port, processes=2, workers=2, metrics_port=metrics_port)
     env_before = {name: os.environ.get(name) for name in MULTIPROCESS_ENV}  # Feast may have set them
     feast_dirs = set(Path(tempfile.gettempdir()).glob("feast_metrics_*"))
     users = pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].value_counts().index[:10]
@@ -265,6 +276,7 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, s
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # One scrape of the parent's endpoint sums both processes (each served some of the calls).
         counted = scrape(cfg.metrics_port)
+        assert all(name.startswith("shoprec_") for name, _ in counted)  # not Feast's, which it writes there too
         assert counted[("shoprec_requests_total", frozenset({"rpc": "Recommend", "code": "OK"}.items()))] == 104
         assert counted[("shoprec_requests_total",
                         frozenset({"rpc": "Recommend", "code": "INVALID_ARGUMENT"}.items()))] == 1

@@ -79,12 +79,67 @@ def test_answers_without_the_online_store_are_counted_as_degraded(trained_worksp
             with pytest.raises(grpc.RpcError) as error:  # a churn risk from nothing would mislead
                 c.user_insights("u000001")
             assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            item = str(rec.models.items.item_ids[0])
+            with pytest.raises(grpc.RpcError) as error:  # the push fails: the call is told to retry
+                c.record_events([{"user_id": "u1", "item_id": item, "event_type": "view"},
+                                 {"user_id": "u2", "item_id": item, "event_type": "view"}])
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         after = scrape(endpoint.port)
     finally:
         running.stop()
         rec.close()
     assert grew(before, after, "shoprec_degraded_responses_total", rpc="Recommend") == 2
     assert grew(before, after, "shoprec_requests_total", rpc="GetUserInsights", code="UNAVAILABLE") == 1
+    assert grew(before, after, "shoprec_events_total", result="rejected") == 2  # none of them was stored
+    assert grew(before, after, "shoprec_requests_total", rpc="RecordEvents", code="UNAVAILABLE") == 1
+
+
+def test_calls_the_client_gave_up_on_are_counted(recommender, endpoint, scrape):
+    """A call still running on a request thread when its deadline passes: gRPC cancels the
+    handler, and the call counts as DEADLINE_EXCEEDED with the time it had taken."""
+    import time
+
+    from serving.client import RecommenderClient
+    from serving.server import start
+
+    running = start(recommender, port=0, workers=1)
+    answer = running._servicer._info
+    running._servicer._info = lambda request: (time.sleep(0.5), answer(request))[1]  # a slow call
+    try:
+        before = scrape(endpoint.port)
+        with RecommenderClient(running.address, timeout=0.1) as c:
+            with pytest.raises(grpc.RpcError) as error:
+                c.info()
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.6)  # the handler's thread finishes; its answer has nowhere to go
+        after = scrape(endpoint.port)
+    finally:
+        running.stop()
+    assert grew(before, after, "shoprec_requests_total", rpc="GetInfo", code="DEADLINE_EXCEEDED") == 1
+    assert grew(before, after, "shoprec_requests_total", rpc="GetInfo", code="OK") == 0
+    assert grew(before, after, "shoprec_request_duration_seconds_count", rpc="GetInfo") == 1
+
+
+def test_a_taken_metrics_port_stops_the_start_and_leaves_nothing_behind(trained_workspace):
+    import os
+    import socket
+
+    from serving.config import ServingConfig
+    from serving.launcher import PortInUse, ServerProcesses
+    from serving.metrics import MULTIPROCESS_ENV
+
+    env = {name: os.environ.get(name) for name in MULTIPROCESS_ENV}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        group = ServerProcesses(ServingConfig(port=50999, processes=2, metrics_port=taken.getsockname()[1]),
+                                trained_workspace.root)
+        with pytest.raises(PortInUse, match="metrics_port .* SHOPREC_SERVE_METRICS_PORT"):
+            group.start()
+        shared = group.shared_metrics.path
+        group.stop()
+    assert not group.processes  # it failed before starting any server process
+    assert not shared.exists() and {name: os.environ.get(name) for name in MULTIPROCESS_ENV} == env
 
 
 @pytest.mark.slow
@@ -100,12 +155,10 @@ def test_shoprec_serve_exposes_metrics_from_its_environment(trained_workspace, s
 
     from serving.client import RecommenderClient
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    port, metrics_port = free_port(), free_port()
+    with socket.socket() as a, socket.socket() as b:  # both held open: two different ports
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        port, metrics_port = a.getsockname()[1], b.getsockname()[1]
     env = {**os.environ, "SHOPREC_SERVE_METRICS_PORT": str(metrics_port)}
     command = [sys.executable, "-c", "import sys; from shoprec.cli import main; sys.exit(main())",
                "--workspace", str(trained_workspace.root), "serve", "--port", str(port)]
