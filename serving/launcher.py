@@ -147,10 +147,10 @@ def expose_metrics(cfg: ServingConfig, registry=None):
     loads so that a taken port fails at once; ``registry``: this process's values by default."""
     if not cfg.metrics_port:
         return None
-    from serving.metrics import REGISTRY, Exposed
+    from serving.metrics import Exposed
 
     try:
-        return Exposed(cfg.host.strip("[]"), cfg.metrics_port, registry or REGISTRY)  # "[::]" as gRPC takes it
+        return Exposed(cfg.host.strip("[]"), cfg.metrics_port, registry)  # "[::]" as gRPC takes it
     except OSError as e:
         raise PortInUse(f"metrics_port {cfg.metrics_port} on {cfg.host} cannot be served ({e.strerror}); stop "
                         f"what holds it or choose another port (metrics_port, SHOPREC_SERVE_METRICS_PORT; "

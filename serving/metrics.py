@@ -112,8 +112,9 @@ class _Ours:
 class Exposed:
     """The HTTP endpoint serving ``/metrics`` (prometheus_client's server, on a daemon thread)."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry = REGISTRY):
-        self.httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+    def __init__(self, host: str, port: int, registry: CollectorRegistry | None = None):
+        """``registry``: this process's values by default."""
+        self.httpd, self._thread = start_http_server(port, addr=host, registry=registry or REGISTRY)
         self.port = self.httpd.server_port
 
     def close(self) -> None:

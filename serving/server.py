@@ -236,16 +236,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         def record(calls: list) -> list:
             answers = record_event_calls(self.recommender.store, calls, self.recommender.models.items.position,
                                          self.limits.max_id_length)
-            failed = sum(len(events) for events, answer in zip(calls, answers) if isinstance(answer, Exception))
-            metrics.record_events(0, failed)  # a failed push: none of the call's events was stored
+            for events, answer in zip(calls, answers):  # a failed push stored none of the call's events
+                accepted = 0 if isinstance(answer, Exception) else sum(r.accepted for r in answer)
+                metrics.record_events(accepted, len(events) - accepted)
             return answers
 
         def respond(results) -> pb.RecordEventsResponse:
-            accepted = sum(r.accepted for r in results)
-            metrics.record_events(accepted, len(results) - accepted)
             return pb.RecordEventsResponse(
                 results=[pb.EventResult(index=r.index, accepted=r.accepted, error=r.error) for r in results],
-                accepted=accepted)
+                accepted=sum(r.accepted for r in results))
 
         return _answer_valid(requests, check, record, respond)
 

@@ -161,3 +161,21 @@ def scrape():
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
     return read
+
+
+@pytest.fixture()
+def free_ports():
+    """``free_ports(n)``: n different free loopback ports (held open together while picked)."""
+    import socket
+
+    def pick(n: int) -> list[int]:
+        sockets = [socket.socket() for _ in range(n)]
+        try:
+            for s in sockets:
+                s.bind(("127.0.0.1", 0))
+            return [s.getsockname()[1] for s in sockets]
+        finally:
+            for s in sockets:
+                s.close()
+
+    return pick

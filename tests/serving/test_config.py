@@ -176,22 +176,6 @@ def test_a_taken_port_is_refused_before_anything_loads(reuse_port):
     check_port_free("127.0.0.1", port)  # free again
 
 
-def _free_port() -> int:
-    return _free_ports(1)[0]
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` different free ports (held open together while they are picked)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _channels_to_one_process(address: str) -> list:
     """Two connections that the kernel gave to the same server process."""
     import grpc
@@ -216,7 +200,7 @@ def _channels_to_one_process(address: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, scrape):
+def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, scrape, free_ports):
     import pandas as pd
 
     from concurrent.futures import ThreadPoolExecutor
@@ -229,7 +213,7 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, s
     from serving.proto import recommender_pb2 as pb
     from serving.proto import recommender_pb2_grpc as pb_grpc
 
-    port, metrics_port = _free_ports(2)
+    port, metrics_port = free_ports(2)
     cfg = ServingConfig(port=port, processes=2, workers=2, metrics_port=metrics_port)
     env_before = {name: os.environ.get(name) for name in MULTIPROCESS_ENV}  # Feast may have set them
     feast_dirs = set(Path(tempfile.gettempdir()).glob("feast_metrics_*"))
@@ -297,10 +281,10 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, s
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_a_process_that_cannot_start_is_named_with_its_error(tmp_path):
+def test_a_process_that_cannot_start_is_named_with_its_error(tmp_path, free_ports):
     from serving.launcher import ServerProcesses, ServerProcessFailed
 
-    group = ServerProcesses(ServingConfig(port=_free_port(), processes=2), tmp_path, out=print,
+    group = ServerProcesses(ServingConfig(port=free_ports(1)[0], processes=2), tmp_path, out=print,
                             startup_timeout=90)
     try:
         with pytest.raises(ServerProcessFailed, match=r"process [12]/2 \(pid \d+\) failed at startup: "

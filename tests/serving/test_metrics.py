@@ -144,21 +144,17 @@ def test_a_taken_metrics_port_stops_the_start_and_leaves_nothing_behind(trained_
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_shoprec_serve_exposes_metrics_from_its_environment(trained_workspace, scrape):
+def test_shoprec_serve_exposes_metrics_from_its_environment(trained_workspace, scrape, free_ports):
     """The real command, one process: SHOPREC_SERVE_METRICS_PORT opens /metrics before loading,
     its calls show there, and SIGTERM ends both."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
     from serving.client import RecommenderClient
 
-    with socket.socket() as a, socket.socket() as b:  # both held open: two different ports
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        port, metrics_port = a.getsockname()[1], b.getsockname()[1]
+    port, metrics_port = free_ports(2)
     env = {**os.environ, "SHOPREC_SERVE_METRICS_PORT": str(metrics_port)}
     command = [sys.executable, "-c", "import sys; from shoprec.cli import main; sys.exit(main())",
                "--workspace", str(trained_workspace.root), "serve", "--port", str(port)]
