@@ -42,7 +42,8 @@ class ServingConfig:
       host: interface to listen on ("0.0.0.0" for every interface).
       port: TCP port; 0 picks a free one (single process only).
       metrics_port: HTTP port serving Prometheus metrics at /metrics (calls by RPC and status
-        code, server time per call, degraded answers, events, reloads: serving/metrics.py),
+        code, server time per call, degraded answers, events, reloads, served versions,
+        online-store state, user-cache hits: serving/metrics.py),
         summed over the processes; 0 (default) does not serve them.
       workers: request threads per process; 0 (default) runs Recommend and the other reads on
         the server's event loop and RecordEvents on a thread of its own, fastest when the

@@ -3,7 +3,8 @@
 Every call passes through ``RecommenderServicer._serve``, which records here its RPC, its status
 code and the server's time on it; Recommend answers served without the online store count as
 degraded, RecordEvents counts each event accepted or rejected, and hot reloads count by outcome.
-Recording costs a few microseconds a call (docs/benchmarks.md, thirty-fourth session).
+Each process also reports the versions it serves, whether it reads the online store, and how
+often its user cache spared the user tower and the FAISS search. Recording costs a few microseconds a call (docs/benchmarks.md, thirty-fourth session).
 
 ``shoprec serve`` exposes them over HTTP on ``metrics_port`` (0: not exposed) at ``/metrics``.
 With several server processes on one port each child writes its values to files in a directory
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client import REGISTRY, multiprocess
 
 # prometheus_client keeps values in files when the first is set. Feast's metrics module, when a
@@ -40,6 +41,18 @@ EVENTS = Counter("shoprec_events", "RecordEvents events, by outcome (rejected: f
 RELOADS = Counter("shoprec_reloads", "Hot reloads of newly published versions, by outcome "
                   "(failed: the old version still serves; see the log)", ["result"])
 
+USER_CACHE = Counter("shoprec_user_cache_lookups", "Recommend's user-cache lookups (hit: the user tower and "
+                     "the FAISS search were skipped; a low share suggests a larger user_cache)", ["result"])
+# With several processes, "max": 1 as soon as one of them skips the store. Down rather than up
+# because a process's value starts at 0 when it imports this module, long before it serves.
+STORE_DOWN = Gauge("shoprec_online_store_down", "1 while Recommend skips the online store after a failed "
+                   "read (its answers are degraded) until a background read succeeds; 0 while it reads it",
+                   multiprocess_mode="max")
+# With several processes, one series a process (a pid label): a hot reload reaches each on its own.
+SERVING = Gauge("shoprec_serving_versions", "1: the artifact versions this process serves; 0: versions it "
+                "served before a hot reload", ["retrieval", "index", "ranking", "churn"], multiprocess_mode="all")
+VERSION_LABELS = ("retrieval", "index", "ranking", "churn")
+
 _by_call: dict[tuple[str, str], tuple] = {}
 
 
@@ -54,15 +67,34 @@ def record_call(rpc: str, code: str, seconds: float, degraded: bool = False) -> 
         children[2].inc()
 
 
+def _add(counter: Counter, by_label: dict[str, int]) -> None:
+    for label, n in by_label.items():
+        if n:
+            counter.labels(label).inc(n)
+
+
 def record_events(accepted: int, rejected: int) -> None:
-    if accepted:
-        EVENTS.labels("accepted").inc(accepted)
-    if rejected:
-        EVENTS.labels("rejected").inc(rejected)
+    _add(EVENTS, {"accepted": accepted, "rejected": rejected})
 
 
 def record_reload(ok: bool) -> None:
     RELOADS.labels("ok" if ok else "failed").inc()
+
+
+def record_user_cache(hits: int, misses: int) -> None:
+    _add(USER_CACHE, {"hit": hits, "miss": misses})
+
+
+def record_store_down(down: bool) -> None:
+    STORE_DOWN.set(1 if down else 0)
+
+
+def record_serving(versions: dict[str, str], replaced: dict[str, str] | None = None) -> None:
+    """The versions now served (1), and those they replaced (0: a series cannot be removed from
+    the shared files, so the old one stays at 0 rather than at a misleading 1)."""
+    if replaced is not None:
+        SERVING.labels(*(replaced.get(name, "") for name in VERSION_LABELS)).set(0)
+    SERVING.labels(*(versions.get(name, "") for name in VERSION_LABELS)).set(1)
 
 
 class SharedValues:

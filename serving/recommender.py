@@ -158,6 +158,8 @@ class Recommender:
         store_file = online_store_file(self.store)
         read_ahead([*self.models.mapped_files, *([store_file] if store_file else [])])
         self._warm_up(self._live)
+        metrics.record_serving(self.models.versions)
+        metrics.record_store_down(self.store_down)
 
     @property
     def models(self) -> Models:
@@ -200,6 +202,7 @@ class Recommender:
             old = self.models.versions
             self._live = live
             metrics.record_reload(ok=True)
+            metrics.record_serving(live.models.versions, replaced=old)
             log.info("reloaded: %s -> %s", old, live.models.versions)
             return True
 
@@ -260,6 +263,7 @@ class Recommender:
             if self._store_down.is_set():  # already down: its probe runs
                 return
             self._store_down.set()
+            metrics.record_store_down(True)
         threading.Thread(target=self._probe_store, name="shoprec-store-probe", daemon=True).start()
 
     def _probe_store(self) -> None:
@@ -271,6 +275,7 @@ class Recommender:
                 continue
             with self._probe_lock:  # a request failing from here on starts a new probe
                 self._store_down.clear()
+                metrics.record_store_down(False)
             log.info("online store readable again: requests read it again")
             return
 
@@ -404,6 +409,7 @@ class Recommender:
             r.retrieved = live.users.get(key)
             if r.retrieved is None:
                 todo.append(i)
+        metrics.record_user_cache(len(requests) - len(todo), len(todo))
         if todo:
             embeddings = live.models.embed_users([keys[i][0] for i in todo],
                                                  pad_sequences([requests[i].history for i in todo], RECENT_N).astype(str),

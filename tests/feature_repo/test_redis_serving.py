@@ -43,11 +43,16 @@ def test_redis_going_down_degrades_over_grpc_and_the_server_recovers_when_it_is_
     on disk) the next Recommend after the retry pause is personal again, with no restart."""
     import grpc
 
+    from prometheus_client import REGISTRY
+
     from feature_repo.store import apply, materialize, open_store
     from feature_repo.workspace import Workspace
     from serving.client import RecommenderClient
     from serving.recommender import Recommender
     from serving.server import start
+
+    def store_down() -> float:  # what /metrics would show (this process's values)
+        return REGISTRY.get_sample_value("shoprec_online_store_down")
 
     shutil.copytree(trained_workspace.root, tmp_path / "ws")
     ws = Workspace.at(tmp_path / "ws")
@@ -60,12 +65,13 @@ def test_redis_going_down_degrades_over_grpc_and_the_server_recovers_when_it_is_
         with RecommenderClient(running.address, timeout=15) as client:
             client.wait_ready()
             up = client.recommend(user, k=5)
-            assert up.personalized and not up.degraded
+            assert up.personalized and not up.degraded and store_down() == 0
 
             private_redis.stop()
             for _ in range(2):  # the failed read, then the retry pause: both answer
                 down = client.recommend(user, k=5)
                 assert down.degraded and not down.personalized and len(down.items) == 5
+            assert store_down() == 1
             for call in (lambda: client.record_events([{"user_id": user, "item_id": item, "event_type": "view"}]),
                          lambda: client.user_insights(user)):
                 with pytest.raises(grpc.RpcError) as err:
@@ -76,7 +82,7 @@ def test_redis_going_down_degrades_over_grpc_and_the_server_recovers_when_it_is_
             materialize(store, ws)
             time.sleep(1.2)  # past store_retry_seconds: the background read has found it again
             back = client.recommend(user, k=5)
-            assert back.personalized and not back.degraded
+            assert back.personalized and not back.degraded and store_down() == 0
             assert client.record_events([{"user_id": user, "item_id": item, "event_type": "view"}]).accepted == 1
     finally:
         running.stop()

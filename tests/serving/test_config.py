@@ -265,6 +265,13 @@ def test_two_processes_share_one_port_and_answer_real_calls(trained_workspace, s
         assert counted[("shoprec_requests_total",
                         frozenset({"rpc": "Recommend", "code": "INVALID_ARGUMENT"}.items()))] == 1
         assert counted[("shoprec_request_duration_seconds_count", frozenset({"rpc": "Recommend"}.items()))] == 105
+        lookups = sum(v for (name, _), v in counted.items() if name == "shoprec_user_cache_lookups_total")
+        assert lookups == 104 + 2  # each answered call (all with history) and each process's warm-up product page
+        # Per process, the versions it serves (a pid label each); the store gauge is their maximum.
+        serving = {dict(labels)["pid"] for (name, labels), v in counted.items()
+                   if name == "shoprec_serving_versions" and v == 1}
+        assert serving == {str(p.pid) for p in group.processes}
+        assert counted[("shoprec_online_store_down", frozenset())] == 0
         os.kill(group.processes[1].pid, signal.SIGKILL)  # a crash while serving is noticed and named
         assert re.match(r"process 2/2 \(pid \d+\) exited with code -9 while serving", group.wait(threading.Event()))
         # The killed process's counts are not lost: its values stay in the shared directory.

@@ -153,6 +153,9 @@ def test_hot_reload_under_concurrent_requests(client, grpc_server, recommender, 
         reloads = REGISTRY.get_sample_value("shoprec_reloads_total", {"result": "ok"}) or 0.0
         assert recommender.reload_if_changed() is True
         assert REGISTRY.get_sample_value("shoprec_reloads_total", {"result": "ok"}) == reloads + 1
+        served = {name: recommender.models.versions.get(name, "") for name in ("retrieval", "index", "churn")}
+        assert REGISTRY.get_sample_value("shoprec_serving_versions", {**served, "ranking": other}) == 1
+        assert REGISTRY.get_sample_value("shoprec_serving_versions", {**served, "ranking": live}) == 0
         assert client.info().ranking_version == other
     finally:
         store.publish(live)

@@ -46,6 +46,25 @@ def test_calls_are_counted_by_rpc_and_status_code_with_their_time(client, traine
     assert grew(before, after, "shoprec_degraded_responses_total", rpc="Recommend") == 0
 
 
+def test_user_cache_lookups_and_the_served_versions_are_reported(client, trained_workspace, endpoint, scrape):
+    import pandas as pd
+
+    user = str(pd.read_parquet(trained_workspace.clean_dir / "events.parquet")["user_id"].iloc[0])
+    before = scrape(endpoint.port)
+    for _ in range(3):  # the same inputs: the second and third find the first's retrieval
+        client.recommend(user, k=5)
+    after = scrape(endpoint.port)
+    hits, misses = (grew(before, after, "shoprec_user_cache_lookups_total", result=r) for r in ("hit", "miss"))
+    assert hits + misses == 3 and hits >= 2
+
+    info = client.info()
+    live = {"retrieval": info.retrieval_version, "index": info.index_version, "ranking": info.ranking_version}
+    served = [dict(labels) for (name, labels), value in after.items()
+              if name == "shoprec_serving_versions" and value == 1]
+    assert any(all(s[k] == v for k, v in live.items()) for s in served), (live, served)
+    assert after[("shoprec_online_store_down", frozenset())] == 0
+
+
 def test_rejected_events_are_counted_each(client, endpoint, scrape):
     before = scrape(endpoint.port)
     response = client.record_events([{"user_id": "", "item_id": "i000001", "event_type": "view"},
@@ -89,6 +108,7 @@ def test_answers_without_the_online_store_are_counted_as_degraded(trained_worksp
         running.stop()
         rec.close()
     assert grew(before, after, "shoprec_degraded_responses_total", rpc="Recommend") == 2
+    assert after[("shoprec_online_store_down", frozenset())] == 1
     assert grew(before, after, "shoprec_requests_total", rpc="GetUserInsights", code="UNAVAILABLE") == 1
     assert grew(before, after, "shoprec_events_total", result="rejected") == 2  # none of them was stored
     assert grew(before, after, "shoprec_requests_total", rpc="RecordEvents", code="UNAVAILABLE") == 1
