@@ -12,6 +12,8 @@ wait in the client and go to whichever process frees up first (``LeastBusy``), i
 queueing behind a process that has paused (docs/benchmarks.md, twenty-third session: p99
 0.75-0.98x of the uncapped client's in 20 of 20 server starts, 100k and 1M items, at 0.93-1.07x
 its QPS).
+
+``credentials`` (``serving.tls.channel_credentials``) connects to a server whose port speaks TLS.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.proto import recommender_pb2 as pb
 from serving.proto import recommender_pb2_grpc as pb_grpc
+from serving.tls import open_channel
 
 
 log = logging.getLogger(__name__)
@@ -165,11 +168,12 @@ class ProcessFinder:
         return [self.seen[p] for p in sorted(self.seen)]
 
 
-def connect_per_process(address: str, timeout: float = 5.0) -> list[grpc.Channel]:
+def connect_per_process(address: str, timeout: float = 5.0,
+                        credentials: grpc.ChannelCredentials | None = None) -> list[grpc.Channel]:
     """One channel (TCP connection) to each server process behind ``address`` (ProcessFinder)."""
     finder = ProcessFinder()
     while finder.wanted():
-        channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
+        channel = open_channel(address, credentials, OWN_CONNECTION)
         try:
             info = pb_grpc.RecommenderStub(channel).GetInfo(pb.GetInfoRequest(), timeout=timeout)
         except grpc.RpcError:
@@ -214,19 +218,21 @@ class RecommenderClient:
     wait in the client, first come first served, within their deadline (``LeastBusy``). The cap
     is per client: several backends each with a client can together send a process more. A
     server with ``max_batch`` > 1 batches only what it is sent: raise the cap to the batch size.
+
+    ``credentials``: TLS (``serving.tls.channel_credentials``); None connects in plaintext.
     """
 
     def __init__(self, address: str, timeout: float = 5.0, balance: bool = False, recheck_seconds: float = 30.0,
-                 max_in_flight_per_process: int | None = None):
+                 max_in_flight_per_process: int | None = None, credentials: grpc.ChannelCredentials | None = None):
         if max_in_flight_per_process and not balance:
             raise ValueError("max_in_flight_per_process needs balance=True (the cap is per server process, and "
                              "only a balancing client knows the processes)")
         if max_in_flight_per_process is None:
             max_in_flight_per_process = DEFAULT_MAX_IN_FLIGHT_PER_PROCESS if balance else 0
         self.address, self.timeout, self.balance = address, timeout, balance
-        self.recheck_seconds = recheck_seconds
-        self._conns = _Connections.over(connect_per_process(address, timeout) if balance
-                                        else [grpc.insecure_channel(address)], max_in_flight_per_process)
+        self.recheck_seconds, self.credentials = recheck_seconds, credentials
+        self._conns = _Connections.over(connect_per_process(address, timeout, credentials) if balance
+                                        else [open_channel(address, credentials)], max_in_flight_per_process)
         self._next_check = time.monotonic() + recheck_seconds
         self._checking = threading.Lock()
 
@@ -273,7 +279,8 @@ class RecommenderClient:
                 infos = [stub.GetInfo(pb.GetInfoRequest(), timeout=self.timeout) for stub in old.stubs]
                 if len({i.process for i in infos}) == len(infos) == max(infos[0].processes, 1):
                     return False
-                self._conns = _Connections.over(connect_per_process(self.address, self.timeout), old.routes.cap)
+                self._conns = _Connections.over(connect_per_process(self.address, self.timeout, self.credentials),
+                                                old.routes.cap)
             except grpc.RpcError as e:
                 log.warning("%s: could not check the connections to its server processes (%s); "
                             "checking again in %.0f s", self.address, e.code().name, self.recheck_seconds)

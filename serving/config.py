@@ -26,6 +26,7 @@ from feature_repo.errors import ConfigError
 from serving.candidates import Quotas
 from serving.rules import Rules
 from serving.server import HELPER_THREADS, Limits
+from serving.tls import check_server_files
 
 ENV_PREFIX = "SHOPREC_SERVE_"
 EXAMPLE_FILE = Path(__file__).with_name("shoprec-serve.toml")
@@ -41,6 +42,10 @@ class ServingConfig:
     Args:
       host: interface to listen on ("0.0.0.0" for every interface).
       port: TCP port; 0 picks a free one (single process only).
+      tls_cert, tls_key: PEM files of the server's certificate (chain) and its private key; with
+        both, the gRPC port speaks only TLS (serving/tls.py). None (default): plaintext.
+      tls_client_ca: with TLS, a PEM CA certificate: clients must present a certificate it signed
+        (mutual TLS); None (default): any client that trusts the server's certificate connects.
       metrics_port: HTTP port serving Prometheus metrics at /metrics (calls by RPC and status
         code, server time per call, degraded answers, events, reloads, served versions,
         online-store state, user-cache hits: serving/metrics.py),
@@ -93,6 +98,9 @@ class ServingConfig:
 
     host: str = "127.0.0.1"
     port: int = 50051
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     metrics_port: int = 0
     workers: int = 0
     max_batch: int = 1
@@ -179,7 +187,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] = os.environ,
     """The validated config: defaults < file ``path`` < ``SHOPREC_SERVE_*`` in ``env`` < ``cli``.
 
     ``cli`` holds command-line values by field name (top-level fields only; None = not given).
-    A relative ``workspace`` in the file is relative to the file, so the file can be moved with it.
+    A relative path in the file (``workspace``, the TLS files) is relative to the file, so the file
+    can be moved with them.
     """
     values: dict[tuple[str | None, str], Any] = {}  # (section, field) → value
     sources: dict[tuple[str | None, str], _Source] = {}
@@ -195,7 +204,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] = os.environ,
 
     if path is not None:
         for section, name, value in _read_file(Path(path)):
-            if name == "workspace" and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            if section is None and TOP_TYPES[name] is Path and isinstance(value, str) \
+                    and not Path(value).expanduser().is_absolute():
                 value = str(Path(path).resolve().parent / value)
             put(section, name, value, _Source("file", str(path)))
     for var, text in sorted(env.items()):
@@ -271,6 +281,7 @@ def _validate(cfg: ServingConfig, label) -> None:
 
     require(bool(cfg.host.strip()), None, "host", 'must name an interface, e.g. "127.0.0.1" or "0.0.0.0"')
     require(0 <= cfg.port <= 65535, None, "port", "must be between 0 and 65535 (0 picks a free port)")
+    check_server_files(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, lambda name: label(None, name))
     require(0 <= cfg.metrics_port <= 65535, None, "metrics_port",
             "must be between 0 and 65535 (0: no metrics endpoint; e.g. 9464)")
     if cfg.metrics_port and cfg.metrics_port == cfg.port:

@@ -44,6 +44,7 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool, number:
     from feature_repo.workspace import Workspace
     from serving.recommender import Recommender
     from serving.server import start
+    from serving.tls import server_credentials
 
     limit_tensorflow_threads(cfg.tf_threads or max(1, len(os.sched_getaffinity(0)) // cfg.processes))
     ws = Workspace.at(ws_root)
@@ -57,9 +58,10 @@ def _load_and_start(cfg: ServingConfig, ws_root: Path, reuse_port: bool, number:
                               store_retry_seconds=cfg.store_retry_seconds, rules=cfg.rules, ranker=cfg.ranker,
                               user_cache=cfg.user_cache, model_runtime=cfg.model_runtime)
     recommender.watch(cfg.reload_seconds)  # hot reload of newly published versions
+    credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
     return start(recommender, cfg.host, cfg.port, cfg.workers, cfg.limits, reuse_port=reuse_port,
                  max_batch=cfg.max_batch, max_event_batch=cfg.max_event_batch,
-                 process=(number, cfg.processes), helper_threads=cfg.helper_threads)
+                 process=(number, cfg.processes), helper_threads=cfg.helper_threads, credentials=credentials)
 
 
 def limit_tensorflow_threads(threads: int) -> None:
@@ -119,8 +121,8 @@ def serve(cfg: ServingConfig, ws_root: Path, out: Callable[[str], None] = print,
         stop = _stop_on_signals()
         try:
             if group.start(stop, grace):
-                out(f"shoprec serving on {cfg.host}:{cfg.port} with {cfg.processes} processes (Ctrl-C to stop)"
-                    + _metrics_line(cfg))
+                out(f"shoprec serving on {cfg.host}:{cfg.port}{_tls_words(cfg)} with {cfg.processes} processes "
+                    f"(Ctrl-C to stop)" + _metrics_line(cfg))
                 died = group.wait(stop)
                 if died:
                     raise ServerProcessFailed(died)
@@ -130,7 +132,7 @@ def serve(cfg: ServingConfig, ws_root: Path, out: Callable[[str], None] = print,
     exposed = expose_metrics(cfg)
     try:
         running = _load_and_start(cfg, ws_root, reuse_port=False)
-        out(f"shoprec serving on {cfg.host}:{running.port} (Ctrl-C to stop)" + _metrics_line(cfg))
+        out(f"shoprec serving on {cfg.host}:{running.port}{_tls_words(cfg)} (Ctrl-C to stop)" + _metrics_line(cfg))
         stop = _stop_on_signals()
         try:
             while not stop.wait(0.5):  # a timeout keeps the wait responsive to signal handlers
@@ -155,6 +157,12 @@ def expose_metrics(cfg: ServingConfig, registry=None):
         raise PortInUse(f"metrics_port {cfg.metrics_port} on {cfg.host} cannot be served ({e.strerror}); stop "
                         f"what holds it or choose another port (metrics_port, SHOPREC_SERVE_METRICS_PORT; "
                         f"0 serves no metrics)") from e
+
+
+def _tls_words(cfg: ServingConfig) -> str:
+    if not cfg.tls_cert:
+        return ""
+    return " over mutual TLS (client certificates required)" if cfg.tls_client_ca else " over TLS"
 
 
 def _metrics_line(cfg: ServingConfig) -> str:

@@ -381,9 +381,11 @@ class RunningServer:
 
 def start(recommender: Recommender, host: str = "127.0.0.1", port: int = 50051, workers: int = 0,
           limits: Limits = Limits(), reuse_port: bool = False, max_batch: int = 1,
-          max_event_batch: int = 8, process: tuple[int, int] = (1, 1), helper_threads: str = "normal") -> RunningServer:
+          max_event_batch: int = 8, process: tuple[int, int] = (1, 1), helper_threads: str = "normal",
+          credentials: grpc.ServerCredentials | None = None) -> RunningServer:
     """Start serving on host:port (port 0 picks a free one) and mark the service SERVING.
 
+    ``credentials``: TLS (serving/tls.py ``server_credentials``); None serves plaintext.
     ``workers``: 0 runs requests on the server's event loop, N on N threads (module docstring).
     ``max_batch``: with ``workers = 0``, 1 answers Recommend calls one at a time on the loop;
     N > 1 answers up to N that queued up together on a thread of their own (serving/batching.py).
@@ -411,7 +413,8 @@ def start(recommender: Recommender, host: str = "127.0.0.1", port: int = 50051, 
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
         try:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            bound = (server.add_insecure_port(f"{host}:{port}") if credentials is None
+                     else server.add_secure_port(f"{host}:{port}", credentials))
         except RuntimeError:
             bound = 0
         if bound == 0:

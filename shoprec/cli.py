@@ -137,8 +137,11 @@ def cmd_query(args: argparse.Namespace) -> None:
     import time
 
     from serving.client import RecommenderClient
+    from serving.tls import channel_credentials
 
-    with RecommenderClient(args.address, timeout=args.timeout) as client:
+    tls = args.tls or any(f is not None for f in (args.tls_ca, args.tls_cert, args.tls_key))
+    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
+    with RecommenderClient(args.address, timeout=args.timeout, credentials=credentials) as client:
         if args.info or args.rpc == "info":
             print(client.info())
         if args.rpc == "recommend":
@@ -324,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "--event-type for every --user x --item; insights: GetUserInsights per --user; "
                          "info: GetInfo")
     sp.add_argument("--address", default="127.0.0.1:50051")
+    sp.add_argument("--tls", action="store_true", help="connect over TLS, trusting the system's CAs")
+    sp.add_argument("--tls-ca", type=Path, default=None,
+                    help="connect over TLS, trusting this PEM CA certificate (the one that signed the server's)")
+    sp.add_argument("--tls-cert", type=Path, default=None,
+                    help="a PEM client certificate, for a server that asks for one (tls_client_ca); with --tls-key")
+    sp.add_argument("--tls-key", type=Path, default=None, help="the PEM private key of --tls-cert")
     sp.add_argument("--user", action="append", default=[], help="user id (repeatable)")
     sp.add_argument("--item", action="append", default=[], help="item id (repeatable): similar, cart, event")
     sp.add_argument("--k", type=int, default=10)

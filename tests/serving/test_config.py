@@ -29,7 +29,7 @@ def test_example_file_documents_every_key_with_its_default():
     assert load_config(EXAMPLE_FILE, env={}) == ServingConfig()
     data = tomllib.loads(EXAMPLE_FILE.read_text())
     text = EXAMPLE_FILE.read_text()
-    optional = {"workspace", "online_store"}  # None has no TOML spelling: shown commented out
+    optional = {"workspace", "online_store", "tls_cert", "tls_key", "tls_client_ca"}  # None has no TOML spelling: commented out
     assert set(data) | optional == {f.name for f in fields(ServingConfig)}
     assert all(f"# {name} = " in text for name in optional)
     assert set(data["limits"]) == {f.name for f in fields(Limits)}

@@ -1,0 +1,92 @@
+"""TLS on the gRPC port: the server's credentials from the serving config's files, and the
+credentials a client connects with.
+
+Plaintext is the default (a backend and the recommender on one private network). With
+``tls_cert`` and ``tls_key`` the port speaks only TLS; with ``tls_client_ca`` as well it asks
+every client for a certificate signed by that CA (mutual TLS) and refuses the others. The
+Prometheus endpoint stays plain HTTP: bind it to an internal interface.
+
+The files are checked when the config loads, with Python's ``ssl`` module (the same OpenSSL
+checks gRPC's would make at the first handshake): a key that does not belong to the certificate
+would otherwise start a server that refuses every call.
+"""
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import grpc
+
+from feature_repo.errors import ConfigError
+
+MARKERS = {"certificate": "CERTIFICATE", "private key": "PRIVATE KEY"}
+
+
+def read_pem(path: Path, what: str, label: str) -> bytes:
+    """The file's bytes, if it is readable PEM holding a ``what`` ("certificate" or "private key")."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{label}: cannot read {path} ({e.strerror or e}); give the path of a PEM {what} "
+                          f"file") from None
+    if f"-----BEGIN {MARKERS[what]}".encode() not in data and not (
+            what == "private key" and b"PRIVATE KEY-----" in data):  # "EC PRIVATE KEY", "RSA PRIVATE KEY"
+        raise ConfigError(f"{label}: {path} holds no PEM {what} (a '-----BEGIN {MARKERS[what]}-----' block); "
+                          f"give a PEM file, e.g. made with openssl (docs/api.md, TLS)")
+    return data
+
+
+def check_server_files(cert: Path | None, key: Path | None, client_ca: Path | None, label) -> None:
+    """Raise ConfigError naming the setting unless the files make a usable TLS server.
+    ``label(name)``: how the user set ``name`` (the key in the file, the variable, the flag)."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError(f"{label('tls_client_ca')}: client certificates need TLS; set tls_cert and tls_key "
+                              f"too, or unset tls_client_ca")
+        return
+    if cert is None or key is None:
+        given, missing = ("tls_cert", "tls_key") if cert is not None else ("tls_key", "tls_cert")
+        raise ConfigError(f"{label(missing)}: TLS needs both a certificate and its private key, and only "
+                          f"{given} is set ({label(given)}); set {missing} too, or unset {given} to serve plaintext")
+    read_pem(cert, "certificate", label("tls_cert"))
+    read_pem(key, "private key", label("tls_key"))
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        raise ConfigError(f"{label('tls_key')}: {key} is not the private key of the certificate {cert} (from "
+                          f"{label('tls_cert')}), or one of them is damaged ({e.reason or e}); give the key the "
+                          f"certificate was made for") from None
+    if client_ca is not None:
+        read_pem(client_ca, "certificate", label("tls_client_ca"))
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(cafile=str(client_ca))
+        except ssl.SSLError as e:
+            raise ConfigError(f"{label('tls_client_ca')}: {client_ca} is not a usable CA certificate "
+                              f"({e.reason or e})") from None
+
+
+def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> grpc.ServerCredentials:
+    """TLS with ``cert``/``key``; with ``client_ca``, clients must present a certificate it signed."""
+    root = Path(client_ca).read_bytes() if client_ca is not None else None
+    return grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())],
+                                       root_certificates=root, require_client_auth=root is not None)
+
+
+def channel_credentials(ca: Path | None = None, cert: Path | None = None,
+                        key: Path | None = None) -> grpc.ChannelCredentials:
+    """What a client connects to a TLS port with: ``ca`` the CA that signed the server's
+    certificate (None: the system's CAs); ``cert`` and ``key``: the client's own, for a server
+    that asks for one (``tls_client_ca``)."""
+    if (cert is None) != (key is None):
+        raise ConfigError("a client certificate needs its private key (--tls-cert with --tls-key): give both, "
+                          "or neither")
+    read = (lambda p, what: read_pem(p, what, str(p)) if p is not None else None)
+    return grpc.ssl_channel_credentials(root_certificates=read(ca, "certificate"), private_key=read(key, "private key"),
+                                        certificate_chain=read(cert, "certificate"))
+
+
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None = None, options=None) -> grpc.Channel:
+    """A blocking channel to ``address``: plaintext, or TLS with ``credentials``."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, credentials, options=options)

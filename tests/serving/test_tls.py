@@ -1,0 +1,155 @@
+"""TLS on the gRPC port: real handshakes over loopback with certificates made by openssl for
+the test (a CA, a server certificate for 127.0.0.1, a client certificate, and a second CA that
+signed nothing the server trusts), the config's checks, and `shoprec query` over mutual TLS."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+from feature_repo.errors import ConfigError
+from serving.config import load_config
+
+INSTALL_HINT = "install it with `sudo apt-get install openssl` (Debian/Ubuntu); .ci/run does"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _ca(name: str, cwd: Path) -> None:
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", f"/CN=shoprec test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", f"{name}-key.pem", "-out", f"{name}.pem",
+             cwd=cwd)
+
+
+def _signed(name: str, ca: str, extensions: str, cwd: Path) -> None:
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", cwd=cwd)
+    (cwd / f"{name}.ext").write_text(extensions)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem", "-CAcreateserial",
+             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> SimpleNamespace:
+    if shutil.which("openssl") is None:
+        message = f"the openssl command makes the test certificates and is not on PATH: {INSTALL_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    d = tmp_path_factory.mktemp("tls")
+    _ca("ca", d)
+    _ca("other-ca", d)
+    _signed("server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n", d)
+    _signed("client", "ca", "extendedKeyUsage=clientAuth\n", d)
+    _signed("stranger", "other-ca", "extendedKeyUsage=clientAuth\n", d)
+    return SimpleNamespace(dir=d, **{name.replace("-", "_"): d / f"{name}.pem" for name in ("ca", "other-ca")},
+                           **{f"{name}{suffix.replace('-', '_')}": d / f"{name}{suffix}.pem"
+                              for name in ("server", "client", "stranger") for suffix in ("", "-key")})
+
+
+def _refused(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    return error.value.code()
+
+
+def test_a_tls_port_answers_clients_that_trust_its_certificate_and_no_others(recommender, pki):
+    from serving.client import RecommenderClient
+    from serving.server import start
+    from serving.tls import channel_credentials, server_credentials
+
+    running = start(recommender, port=0, credentials=server_credentials(pki.server, pki.server_key))
+    try:
+        trusted = channel_credentials(pki.ca)
+        for balance in (False, True):  # one channel, and one per process found through GetInfo
+            with RecommenderClient(running.address, timeout=10, balance=balance, credentials=trusted) as client:
+                page = client.recommend("u000001", k=5)
+                assert len(page.items) == 5
+                assert client.info().index_version == recommender.models.versions["index"]
+        with RecommenderClient(running.address, timeout=3) as plaintext:
+            assert _refused(plaintext.info) == grpc.StatusCode.UNAVAILABLE
+        with RecommenderClient(running.address, timeout=3, credentials=channel_credentials(pki.other_ca)) as wary:
+            assert _refused(wary.info) == grpc.StatusCode.UNAVAILABLE  # the server's certificate is not one it trusts
+    finally:
+        running.stop()
+
+
+def test_mutual_tls_admits_only_clients_with_a_certificate_the_client_ca_signed(recommender, pki):
+    from serving.client import RecommenderClient
+    from serving.server import start
+    from serving.tls import channel_credentials, server_credentials
+
+    running = start(recommender, port=0, credentials=server_credentials(pki.server, pki.server_key, pki.ca))
+    try:
+        def info(**client_cert):
+            with RecommenderClient(running.address, timeout=3,
+                                   credentials=channel_credentials(pki.ca, **client_cert)) as client:
+                return client.info()
+
+        assert info(cert=pki.client, key=pki.client_key).index_version == recommender.models.versions["index"]
+        assert _refused(info) == grpc.StatusCode.UNAVAILABLE  # no client certificate
+        assert _refused(lambda: info(cert=pki.stranger, key=pki.stranger_key)) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"TLS_CERT": "server.pem"}, ["tls_key (default)", "only tls_cert is set (SHOPREC_SERVE_TLS_CERT)",
+                                  "set tls_key too"]),
+    ({"TLS_KEY": "server-key.pem"}, ["tls_cert (default)", "only tls_key is set (SHOPREC_SERVE_TLS_KEY)"]),
+    ({"TLS_CERT": "missing.pem", "TLS_KEY": "server-key.pem"}, ["SHOPREC_SERVE_TLS_CERT", "cannot read",
+                                                                "missing.pem"]),
+    ({"TLS_CERT": "server-key.pem", "TLS_KEY": "server-key.pem"}, ["SHOPREC_SERVE_TLS_CERT",
+                                                                   "holds no PEM certificate"]),
+    ({"TLS_CERT": "server.pem", "TLS_KEY": "server.pem"}, ["SHOPREC_SERVE_TLS_KEY", "holds no PEM private key"]),
+    ({"TLS_CERT": "server.pem", "TLS_KEY": "client-key.pem"}, ["SHOPREC_SERVE_TLS_KEY", "is not the private key",
+                                                               "server.pem"]),
+    ({"TLS_CLIENT_CA": "ca.pem"}, ["SHOPREC_SERVE_TLS_CLIENT_CA", "need TLS", "set tls_cert and tls_key"]),
+    ({"TLS_CERT": "server.pem", "TLS_KEY": "server-key.pem", "TLS_CLIENT_CA": "server-key.pem"},
+     ["SHOPREC_SERVE_TLS_CLIENT_CA", "holds no PEM certificate"]),
+])
+def test_tls_settings_are_checked_at_load_naming_the_setting_and_the_fix(pki, settings, expected):
+    env = {f"SHOPREC_SERVE_{name}": str(pki.dir / file) for name, file in settings.items()}
+    with pytest.raises(ConfigError) as error:
+        load_config(env=env)
+    assert all(part in str(error.value) for part in expected), str(error.value)
+
+
+def test_tls_files_in_the_config_file_are_relative_to_it(pki, tmp_path):
+    shutil.copytree(pki.dir, tmp_path / "tls")
+    path = tmp_path / "serve.toml"
+    path.write_text('tls_cert = "tls/server.pem"\ntls_key = "tls/server-key.pem"\ntls_client_ca = "tls/ca.pem"\n')
+    cfg = load_config(path, env={})
+    assert (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) == (tmp_path / "tls/server.pem",
+                                                               tmp_path / "tls/server-key.pem", tmp_path / "tls/ca.pem")
+
+
+@pytest.mark.timeout(180)
+def test_a_server_started_from_its_config_serves_mutual_tls_to_shoprec_query(trained_workspace, pki, capsys):
+    """The path `shoprec serve` takes (settings from the environment, loaded and started as a
+    process of the command does), queried by the real `shoprec query` command."""
+    from serving.launcher import _load_and_start
+    from shoprec.cli import main
+
+    cfg = load_config(env={"SHOPREC_SERVE_PORT": "0", "SHOPREC_SERVE_TLS_CERT": str(pki.server),
+                           "SHOPREC_SERVE_TLS_KEY": str(pki.server_key), "SHOPREC_SERVE_TLS_CLIENT_CA": str(pki.ca)})
+    running = _load_and_start(cfg, trained_workspace.root, reuse_port=False)
+    try:
+        tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client), "--tls-key", str(pki.client_key)]
+        assert main(["query", "--address", running.address, *tls, "--user", "u000001", "--k", "3"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("\n") >= 4 and "rank" in out  # the table's header and 3 items
+        assert main(["query", "info", "--address", running.address, "--tls-ca", str(pki.ca), "--timeout", "3"]) == 2
+        assert "UNAVAILABLE" in capsys.readouterr().err  # no client certificate: refused
+        assert main(["query", "info", "--address", running.address, "--tls-cert", str(pki.client)]) == 2
+        assert "--tls-key" in capsys.readouterr().err
+    finally:
+        running.stop()
