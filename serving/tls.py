@@ -9,10 +9,18 @@ Prometheus endpoint stays plain HTTP: bind it to an internal interface.
 The files are checked when the config loads, with Python's ``ssl`` module (the same OpenSSL
 checks gRPC's would make at the first handshake): a key that does not belong to the certificate
 would otherwise start a server that refuses every call.
+
+``make_certificates`` (``shoprec tls-certs``) makes a private CA and a server and a client
+certificate with the openssl command, for a trial and for the tests; production would use the
+organisation's CA.
 """
 from __future__ import annotations
 
+import ipaddress
+import shutil
 import ssl
+import subprocess
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -90,3 +98,58 @@ def open_channel(address: str, credentials: grpc.ChannelCredentials | None = Non
     if credentials is None:
         return grpc.insecure_channel(address, options=options)
     return grpc.secure_channel(address, credentials, options=options)
+
+
+CERTIFICATE_FILES = ("ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem")
+
+
+def make_certificates(out: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 365) -> dict[str, Path]:
+    """A private CA (``ca.pem``), a server certificate for ``hosts`` (DNS names or IP addresses:
+    what clients dial) and a client certificate (for ``tls_client_ca``), each with its key, made
+    by the openssl command (EC P-256) in ``out``. Files already there are never overwritten.
+    Returns the paths by file name without ".pem" (``ca``, ``server_key``, ...)."""
+    out = Path(out)
+    if shutil.which("openssl") is None:
+        raise ConfigError("the openssl command is not installed; install it (Debian/Ubuntu: sudo apt-get install "
+                          "openssl) or bring certificates of your own")
+    if not hosts:
+        raise ConfigError("the server certificate needs at least one host name or IP address clients dial")
+    taken = [name for name in CERTIFICATE_FILES if (out / name).exists()]
+    if taken:
+        raise ConfigError(f"{out} already holds {', '.join(taken)}; choose an empty directory (nothing is "
+                          f"overwritten)")
+    names = ",".join(f"IP:{h}" if _is_ip(h) else f"DNS:{h}" for h in hosts)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    with tempfile.TemporaryDirectory() as tmp:  # built aside, moved into ``out`` once all are made
+        work = Path(tmp)
+
+        def openssl(*args: str) -> None:
+            done = subprocess.run(["openssl", *args], cwd=work, capture_output=True, text=True)
+            if done.returncode:
+                raise ConfigError(f"openssl {args[0]} failed: {done.stderr.strip()[-500:]}")
+
+        def signed(name: str, subject: str, extensions: str) -> None:
+            openssl("req", *ec, "-subj", f"/CN={subject}", "-keyout", f"{name}-key.pem", "-out", f"{name}.csr")
+            (work / f"{name}.ext").write_text(extensions)
+            openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+                    "-days", str(days), "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+
+        openssl("req", "-x509", *ec, "-days", str(days), "-subj", "/CN=shoprec private CA",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout", "ca-key.pem", "-out", "ca.pem")
+        signed("server", hosts[0], f"subjectAltName={names}\nextendedKeyUsage=serverAuth\n")
+        signed("client", "shoprec client", "extendedKeyUsage=clientAuth\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in CERTIFICATE_FILES:
+            shutil.move(work / name, out / name)
+            if name.endswith("-key.pem"):
+                (out / name).chmod(0o600)
+    return {name[: -len(".pem")].replace("-", "_"): out / name for name in CERTIFICATE_FILES}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False

@@ -133,6 +133,17 @@ def print_recommendations(response, title: str = "") -> None:
                   for i, r in enumerate(response.items)]))
 
 
+def cmd_tls_certs(args: argparse.Namespace) -> None:
+    from serving.tls import make_certificates
+
+    made = make_certificates(args.out, tuple(args.host or ("127.0.0.1", "localhost")), args.days)
+    print(f"made in {args.out}: {', '.join(p.name for p in made.values())}")
+    print(f"serve:  SHOPREC_SERVE_TLS_CERT={made['server']} SHOPREC_SERVE_TLS_KEY={made['server_key']} "
+          f"[SHOPREC_SERVE_TLS_CLIENT_CA={made['ca']}] shoprec serve")
+    print(f"query:  shoprec query info --tls-ca {made['ca']} [--tls-cert {made['client']} "
+          f"--tls-key {made['client_key']}]")
+
+
 def cmd_query(args: argparse.Namespace) -> None:
     import time
 
@@ -319,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=None, help="request threads per process (default 0: on the event loop)")
     sp.add_argument("--processes", type=int, default=None,
                     help="server processes sharing the port with SO_REUSEPORT (default 1; one per core)")
+    sp = add("tls-certs", cmd_tls_certs, "make a private CA, a server and a client certificate (openssl) for TLS "
+                                          "on the gRPC port: a trial's, not production's")
+    sp.add_argument("--out", type=Path, required=True, help="directory for the PEM files (never overwritten)")
+    sp.add_argument("--host", action="append", default=[],
+                    help="a DNS name or IP address clients dial (repeatable; default 127.0.0.1 and localhost)")
+    sp.add_argument("--days", type=int, default=365, help="validity of the certificates")
     sp = add("query", cmd_query, "call a running server: recommend, similar, cart, event, insights or info")
     sp.add_argument("rpc", nargs="?", default="recommend",
                     choices=["recommend", "similar", "cart", "event", "insights", "info"],

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
@@ -18,41 +16,21 @@ from serving.config import load_config
 INSTALL_HINT = "install it with `sudo apt-get install openssl` (Debian/Ubuntu); .ci/run does"
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _ca(name: str, cwd: Path) -> None:
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-             "-subj", f"/CN=shoprec test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", f"{name}-key.pem", "-out", f"{name}.pem",
-             cwd=cwd)
-
-
-def _signed(name: str, ca: str, extensions: str, cwd: Path) -> None:
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={name}",
-             "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", cwd=cwd)
-    (cwd / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}-key.pem", "-CAcreateserial",
-             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=cwd)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> SimpleNamespace:
+    """Ours (a CA, a server certificate for 127.0.0.1, a client certificate) and a stranger's:
+    another CA's client certificate, which our server must refuse."""
+    from serving.tls import make_certificates
+
     if shutil.which("openssl") is None:
         message = f"the openssl command makes the test certificates and is not on PATH: {INSTALL_HINT}"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     d = tmp_path_factory.mktemp("tls")
-    _ca("ca", d)
-    _ca("other-ca", d)
-    _signed("server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n", d)
-    _signed("client", "ca", "extendedKeyUsage=clientAuth\n", d)
-    _signed("stranger", "other-ca", "extendedKeyUsage=clientAuth\n", d)
-    return SimpleNamespace(dir=d, **{name.replace("-", "_"): d / f"{name}.pem" for name in ("ca", "other-ca")},
-                           **{f"{name}{suffix.replace('-', '_')}": d / f"{name}{suffix}.pem"
-                              for name in ("server", "client", "stranger") for suffix in ("", "-key")})
+    ours, theirs = make_certificates(d), make_certificates(d / "other")
+    return SimpleNamespace(dir=d, **ours, other_ca=theirs["ca"], stranger=theirs["client"],
+                           stranger_key=theirs["client_key"])
 
 
 def _refused(call) -> grpc.StatusCode:
@@ -153,3 +131,29 @@ def test_a_server_started_from_its_config_serves_mutual_tls_to_shoprec_query(tra
         assert "--tls-key" in capsys.readouterr().err
     finally:
         running.stop()
+
+
+def test_shoprec_tls_certs_makes_a_usable_set_and_never_overwrites_one(pki, tmp_path, capsys):
+    import ssl
+    import subprocess
+
+    from shoprec.cli import main
+
+    out = tmp_path / "tls"
+    assert main(["tls-certs", "--out", str(out), "--host", "recommender.internal", "--host", "10.1.2.3"]) == 0
+    assert "SHOPREC_SERVE_TLS_CERT=" in capsys.readouterr().out
+    made = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(made) == {"ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"}
+    assert all((out / name).stat().st_mode & 0o077 == 0 for name in made if name.endswith("-key.pem"))
+    # The server certificate names the hosts asked for and chains to the CA made with it.
+    context = ssl.create_default_context(cafile=str(out / "ca.pem"))
+    context.load_cert_chain(out / "client.pem", out / "client-key.pem")  # the client's pair belongs together
+    names = subprocess.run(["openssl", "x509", "-in", str(out / "server.pem"), "-noout", "-ext", "subjectAltName"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "DNS:recommender.internal" in names and "IP Address:10.1.2.3" in names, names
+    load_config(env={"SHOPREC_SERVE_TLS_CERT": str(out / "server.pem"), "SHOPREC_SERVE_TLS_KEY": str(out / "server-key.pem"),
+                     "SHOPREC_SERVE_TLS_CLIENT_CA": str(out / "ca.pem")})  # accepted as a server's files
+
+    assert main(["tls-certs", "--out", str(out)]) == 2
+    assert "already holds" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == made  # nothing overwritten
