@@ -90,11 +90,15 @@ def record_store_down(down: bool) -> None:
 
 
 def record_serving(versions: dict[str, str], replaced: dict[str, str] | None = None) -> None:
-    """The versions now served (1), and those they replaced (0: a series cannot be removed from
-    the shared files, so the old one stays at 0 rather than at a misleading 1)."""
+    """The versions now served (1), then those they replaced (0: a series cannot be removed from
+    the shared files, so the old one stays at 0 rather than at a misleading 1). A reload that
+    changed only item features keeps the same versions: that series stays at 1 throughout."""
+    now = tuple(versions.get(name, "") for name in VERSION_LABELS)
+    SERVING.labels(*now).set(1)
     if replaced is not None:
-        SERVING.labels(*(replaced.get(name, "") for name in VERSION_LABELS)).set(0)
-    SERVING.labels(*(versions.get(name, "") for name in VERSION_LABELS)).set(1)
+        before = tuple(replaced.get(name, "") for name in VERSION_LABELS)
+        if before != now:
+            SERVING.labels(*before).set(0)
 
 
 class SharedValues:

@@ -159,7 +159,6 @@ class Recommender:
         read_ahead([*self.models.mapped_files, *([store_file] if store_file else [])])
         self._warm_up(self._live)
         metrics.record_serving(self.models.versions)
-        metrics.record_store_down(self.store_down)
 
     @property
     def models(self) -> Models:
@@ -229,6 +228,9 @@ class Recommender:
 
     def close(self) -> None:
         self._stop.set()
+        with self._probe_lock:  # its probe stops: a closed Recommender's outage is over for the metrics
+            if self._store_down.is_set():
+                metrics.record_store_down(False)
 
     # -- features -----------------------------------------------------------------------------
 

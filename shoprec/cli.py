@@ -142,6 +142,7 @@ def cmd_tls_certs(args: argparse.Namespace) -> None:
           f"[SHOPREC_SERVE_TLS_CLIENT_CA={made['ca']}] shoprec serve")
     print(f"query:  shoprec query info --tls-ca {made['ca']} [--tls-cert {made['client']} "
           f"--tls-key {made['client_key']}]")
+    print(f"keep {made['ca_key']} off the servers: it makes certificates they would accept")
 
 
 def cmd_query(args: argparse.Namespace) -> None:
@@ -344,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "--event-type for every --user x --item; insights: GetUserInsights per --user; "
                          "info: GetInfo")
     sp.add_argument("--address", default="127.0.0.1:50051")
-    sp.add_argument("--tls", action="store_true", help="connect over TLS, trusting the system's CAs")
+    sp.add_argument("--tls", action="store_true",
+                    help="connect over TLS, trusting the public root CAs grpcio ships (or $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH)")
     sp.add_argument("--tls-ca", type=Path, default=None,
                     help="connect over TLS, trusting this PEM CA certificate (the one that signed the server's)")
     sp.add_argument("--tls-cert", type=Path, default=None,

@@ -65,7 +65,7 @@ def test_redis_going_down_degrades_over_grpc_and_the_server_recovers_when_it_is_
         with RecommenderClient(running.address, timeout=15) as client:
             client.wait_ready()
             up = client.recommend(user, k=5)
-            assert up.personalized and not up.degraded and store_down() == 0
+            assert up.personalized and not up.degraded
 
             private_redis.stop()
             for _ in range(2):  # the failed read, then the retry pause: both answer

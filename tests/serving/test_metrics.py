@@ -62,7 +62,23 @@ def test_user_cache_lookups_and_the_served_versions_are_reported(client, trained
     served = [dict(labels) for (name, labels), value in after.items()
               if name == "shoprec_serving_versions" and value == 1]
     assert any(all(s[k] == v for k, v in live.items()) for s in served), (live, served)
-    assert after[("shoprec_online_store_down", frozenset())] == 0
+
+
+def test_a_reload_marks_the_versions_it_replaced_and_keeps_unchanged_ones_served():
+    from prometheus_client import REGISTRY
+
+    from serving.metrics import record_serving
+
+    def value(ranking: str) -> float:
+        return REGISTRY.get_sample_value("shoprec_serving_versions",
+                                         {"retrieval": "r-test", "index": "i-test", "ranking": ranking, "churn": ""})
+
+    first = {"retrieval": "r-test", "index": "i-test", "ranking": "k-test-1"}
+    record_serving(first)
+    record_serving(first, replaced=first)  # new item features, the same versions: still served
+    assert value("k-test-1") == 1
+    record_serving({**first, "ranking": "k-test-2"}, replaced=first)
+    assert (value("k-test-1"), value("k-test-2")) == (0, 1)
 
 
 def test_rejected_events_are_counted_each(client, endpoint, scrape):
@@ -109,6 +125,7 @@ def test_answers_without_the_online_store_are_counted_as_degraded(trained_worksp
         rec.close()
     assert grew(before, after, "shoprec_degraded_responses_total", rpc="Recommend") == 2
     assert after[("shoprec_online_store_down", frozenset())] == 1
+    assert scrape(endpoint.port)[("shoprec_online_store_down", frozenset())] == 0  # closed: its outage is over
     assert grew(before, after, "shoprec_requests_total", rpc="GetUserInsights", code="UNAVAILABLE") == 1
     assert grew(before, after, "shoprec_events_total", result="rejected") == 2  # none of them was stored
     assert grew(before, after, "shoprec_requests_total", rpc="RecordEvents", code="UNAVAILABLE") == 1

@@ -27,10 +27,15 @@ def pki(tmp_path_factory) -> SimpleNamespace:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    import subprocess
+
     d = tmp_path_factory.mktemp("tls")
     ours, theirs = make_certificates(d), make_certificates(d / "other")
+    elsewhere = make_certificates(d / "elsewhere", hosts=("recommender.elsewhere",))  # not 127.0.0.1
+    subprocess.run(["openssl", "pkey", "-in", str(ours["server_key"]), "-aes256", "-passout", "pass:secret",
+                    "-out", str(d / "server-key-encrypted.pem")], check=True, capture_output=True)
     return SimpleNamespace(dir=d, **ours, other_ca=theirs["ca"], stranger=theirs["client"],
-                           stranger_key=theirs["client_key"])
+                           stranger_key=theirs["client_key"], elsewhere=elsewhere)
 
 
 def _refused(call) -> grpc.StatusCode:
@@ -56,6 +61,21 @@ def test_a_tls_port_answers_clients_that_trust_its_certificate_and_no_others(rec
             assert _refused(plaintext.info) == grpc.StatusCode.UNAVAILABLE
         with RecommenderClient(running.address, timeout=3, credentials=channel_credentials(pki.other_ca)) as wary:
             assert _refused(wary.info) == grpc.StatusCode.UNAVAILABLE  # the server's certificate is not one it trusts
+    finally:
+        running.stop()
+
+
+def test_a_certificate_for_another_host_is_refused_by_the_client(recommender, pki):
+    """Signed by a CA the client trusts, but for recommender.elsewhere, dialled as 127.0.0.1."""
+    from serving.client import RecommenderClient
+    from serving.server import start
+    from serving.tls import channel_credentials, server_credentials
+
+    certs = pki.elsewhere
+    running = start(recommender, port=0, credentials=server_credentials(certs["server"], certs["server_key"]))
+    try:
+        with RecommenderClient(running.address, timeout=3, credentials=channel_credentials(certs["ca"])) as client:
+            assert _refused(client.info) == grpc.StatusCode.UNAVAILABLE
     finally:
         running.stop()
 
@@ -90,6 +110,8 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_the_client_ca_signed(
     ({"TLS_CERT": "server.pem", "TLS_KEY": "server.pem"}, ["SHOPREC_SERVE_TLS_KEY", "holds no PEM private key"]),
     ({"TLS_CERT": "server.pem", "TLS_KEY": "client-key.pem"}, ["SHOPREC_SERVE_TLS_KEY", "is not the private key",
                                                                "server.pem"]),
+    ({"TLS_CERT": "server.pem", "TLS_KEY": "server-key-encrypted.pem"}, ["SHOPREC_SERVE_TLS_KEY", "passphrase",
+                                                                         "openssl pkey"]),
     ({"TLS_CLIENT_CA": "ca.pem"}, ["SHOPREC_SERVE_TLS_CLIENT_CA", "need TLS", "set tls_cert and tls_key"]),
     ({"TLS_CERT": "server.pem", "TLS_KEY": "server-key.pem", "TLS_CLIENT_CA": "server-key.pem"},
      ["SHOPREC_SERVE_TLS_CLIENT_CA", "holds no PEM certificate"]),
@@ -146,6 +168,9 @@ def test_shoprec_tls_certs_makes_a_usable_set_and_never_overwrites_one(pki, tmp_
     assert set(made) == {"ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"}
     assert all((out / name).stat().st_mode & 0o077 == 0 for name in made if name.endswith("-key.pem"))
     # The server certificate names the hosts asked for and chains to the CA made with it.
+    verified = subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.pem"), str(out / "server.pem"),
+                               str(out / "client.pem")], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr  # both chain to the CA made with them
     context = ssl.create_default_context(cafile=str(out / "ca.pem"))
     context.load_cert_chain(out / "client.pem", out / "client-key.pem")  # the client's pair belongs together
     names = subprocess.run(["openssl", "x509", "-in", str(out / "server.pem"), "-noout", "-ext", "subjectAltName"],
