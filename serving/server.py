@@ -92,6 +92,14 @@ def validate_recommend(req: pb.RecommendRequest, limits: Limits) -> tuple[int, R
         max_price=c.max_price)
 
 
+# A process's typical answer time per RPC: a moving average over about the last 20 answers
+# (TYPICAL_WEIGHT). A call whose deadline leaves less than TYPICAL_MARGIN times that is refused
+# (an answer often takes twice the average: a user-cache miss, a busy core). Each refusal
+# shrinks the estimate a little (TYPICAL_DECAY), so that a wrong one (a slow first call, a
+# stall) cannot refuse every later call for good.
+TYPICAL_WEIGHT, TYPICAL_MARGIN, TYPICAL_DECAY = 0.05, 2.0, 0.995
+
+
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     """The shoprec.v1 service: each RPC is a plain function of the request (``_recommend``, ...)
     that ``_serve`` runs (on the loop, or on a worker thread) and whose errors it maps."""
@@ -112,6 +120,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                                   if loop_server and max_batch > 1 else None)
         self.events_batcher = (Batcher(self._record_events_batch, max_event_batch, name="shoprec-events")
                                if loop_server else None)
+        # Per RPC, how long this process has lately taken to answer one (a moving average):
+        # a call whose deadline leaves less would be answered too late (_check_deadline).
+        self._typical_seconds: dict[str, float] = {}
         try:  # the first RecordEvents call would otherwise read the registry (~50 ms)
             from feature_repo.realtime import prepare as prepare_events
 
@@ -122,7 +133,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def _serve(self, rpc: str, work, request, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
         try:
-            self._check_deadline(context)
+            self._check_deadline(context, rpc)
             if isinstance(work, Batcher):
                 response = await work.submit(request)
             elif self._pool is None:
@@ -139,18 +150,32 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("unexpected error while serving a request")
         else:
-            metrics.record_call(rpc, "OK", time.perf_counter() - started, getattr(response, "degraded", False))
+            took = time.perf_counter() - started
+            typical = self._typical_seconds.get(rpc, 0.0)  # from 0: a slow first call counts as one of ~20
+            self._typical_seconds[rpc] = typical + TYPICAL_WEIGHT * (took - typical)
+            metrics.record_call(rpc, "OK", took, getattr(response, "degraded", False))
             return response
         metrics.record_call(rpc, code.name, time.perf_counter() - started)
         await context.abort(code, message)
 
-    @staticmethod
-    def _check_deadline(context: grpc.aio.ServicerContext) -> None:
-        """A call whose deadline has already passed is not worth computing (the client gave up)."""
+    def _check_deadline(self, context: grpc.aio.ServicerContext, rpc: str) -> None:
+        """A call whose deadline has passed, or leaves less than twice the time this process lately
+        takes to answer such a call, is refused before any work: its answer would come too late. Under
+        overload gRPC hands calls over oldest first, so without this the process would spend
+        itself on calls about to expire and answer few in time (docs/benchmarks.md, thirty-fifth
+        session); refused at once, they leave the time to calls that can still be answered."""
         remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        if remaining is None:
+            return
+        if remaining <= 0:
             raise TimeoutError("the call's deadline passed before the server started on it; raise the "
                                "client timeout or reduce the load")
+        typical = self._typical_seconds.get(rpc, 0.0)
+        if remaining < TYPICAL_MARGIN * typical:
+            self._typical_seconds[rpc] = typical * TYPICAL_DECAY
+            raise TimeoutError(f"the call's deadline left {remaining * 1000:.1f} ms when the server started on it, "
+                               f"too little for a {rpc} here (this process takes {typical * 1000:.1f} ms on average "
+                               f"lately); raise the client timeout or reduce the load")
 
     @staticmethod
     def _respond(result) -> pb.RecommendResponse:

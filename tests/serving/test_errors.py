@@ -90,6 +90,50 @@ def test_a_call_whose_deadline_passed_while_queued_is_not_computed(recommender, 
     assert "late-shopper" not in started
 
 
+def test_a_call_whose_deadline_leaves_too_little_time_is_refused_at_once_and_the_estimate_recovers(
+        recommender, monkeypatch):
+    """Recommend takes 50 ms here. A call with 60 ms left cannot be answered in time by a
+    process that takes ~50 ms a call: it is refused at once, without running the pipeline. The
+    estimate shrinks with each refusal, so a client whose deadline (80 ms) is tight but enough
+    is served again after a few dozen refusals instead of never."""
+    import time
+
+    from serving.client import RecommenderClient
+    from serving.proto import recommender_pb2 as pb
+    from serving.server import start
+
+    pipeline, started = recommender._recommend, []
+
+    def fifty_ms(live, requests):
+        started.extend(r.user_id for r in requests)
+        time.sleep(0.05)
+        return pipeline(live, requests)
+
+    monkeypatch.setattr(recommender, "_recommend", fifty_ms)
+    server = start(recommender, port=0)
+    try:
+        with RecommenderClient(server.address) as c:
+            for _ in range(60):  # the process learns its answer time (~48 ms after 60 calls)
+                c.recommend("u000001", k=5)
+            asked = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as err:
+                c.stub.Recommend(pb.RecommendRequest(user_id="hurried-shopper", k=5), timeout=0.06)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "too little" in err.value.details()
+            assert time.perf_counter() - asked < 0.04  # refused, not worked on until the deadline
+            assert "hurried-shopper" not in started
+            refused = 0
+            while refused < 300:
+                try:
+                    c.stub.Recommend(pb.RecommendRequest(user_id="u000001", k=5), timeout=0.08)
+                    break
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                    refused += 1
+            assert 5 < refused < 300, refused  # refused while the estimate says no, then served
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 def test_record_events_with_the_store_down_is_unavailable(trained_workspace, recommender):
     """Events that cannot be stored must not look accepted: UNAVAILABLE, so the shop retries."""
