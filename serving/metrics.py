@@ -4,7 +4,8 @@ Every call passes through ``RecommenderServicer._serve``, which records here its
 code and the server's time on it; Recommend answers served without the online store count as
 degraded, RecordEvents counts each event accepted or rejected, and hot reloads count by outcome.
 Each process also reports the versions it serves, whether it reads the online store, and how
-often its user cache spared the user tower and the FAISS search. Recording costs a few microseconds a call (docs/benchmarks.md, thirty-fourth session).
+often its user cache spared the user tower and the FAISS search. Recording costs a few
+microseconds a call (docs/benchmarks.md, thirty-fourth and thirty-fifth sessions).
 
 ``shoprec serve`` exposes them over HTTP on ``metrics_port`` (0: not exposed) at ``/metrics``.
 With several server processes on one port each child writes its values to files in a directory

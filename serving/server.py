@@ -92,12 +92,42 @@ def validate_recommend(req: pb.RecommendRequest, limits: Limits) -> tuple[int, R
         max_price=c.max_price)
 
 
-# A process's typical answer time per RPC: a moving average over about the last 20 answers
-# (TYPICAL_WEIGHT). A call whose deadline leaves less than TYPICAL_MARGIN times that is refused
-# (an answer often takes twice the average: a user-cache miss, a busy core). Each refusal
-# shrinks the estimate a little (TYPICAL_DECAY), so that a wrong one (a slow first call, a
-# stall) cannot refuse every later call for good.
-TYPICAL_WEIGHT, TYPICAL_MARGIN, TYPICAL_DECAY = 0.05, 2.0, 0.995
+class AnswerTimes:
+    """How long this process has lately taken to answer each RPC, and whether a call's remaining
+    time is too short for it. Under overload gRPC hands calls over oldest first, so without this
+    a process spends itself on calls about to expire and answers few in time (docs/benchmarks.md,
+    thirty-fifth session); refused at once, they leave the time to calls that can still be
+    answered.
+
+    The estimate is a moving average over about the last 20 answers (``WEIGHT``), from 0, so a
+    slow first call counts as one of 20. A call with less than ``MARGIN`` times it left is too
+    short (an answer often takes twice the average: a user-cache miss, a busy core). Each such
+    refusal shrinks the estimate a little (``DECAY``), so that a wrong one (a stall) cannot refuse
+    a tight but sufficient deadline for good."""
+
+    WEIGHT, MARGIN, DECAY = 0.05, 2.0, 0.995
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def answered(self, rpc: str, took: float) -> None:
+        typical = self.seconds.get(rpc, 0.0)
+        self.seconds[rpc] = typical + self.WEIGHT * (took - typical)
+
+    def check(self, rpc: str, remaining: float | None) -> None:
+        """Raise TimeoutError if a call with ``remaining`` seconds left (None: no deadline)
+        cannot be answered in time."""
+        if remaining is None:
+            return
+        if remaining <= 0:
+            raise TimeoutError("the call's deadline passed before the server started on it; raise the "
+                               "client timeout or reduce the load")
+        typical = self.seconds.get(rpc, 0.0)
+        if remaining < self.MARGIN * typical:
+            self.seconds[rpc] = typical * self.DECAY
+            raise TimeoutError(f"the call's deadline left {remaining * 1000:.1f} ms when the server started on it, "
+                               f"too little for a {rpc} here (this process takes {typical * 1000:.1f} ms on average "
+                               f"lately); raise the client timeout or reduce the load")
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
@@ -120,9 +150,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                                   if loop_server and max_batch > 1 else None)
         self.events_batcher = (Batcher(self._record_events_batch, max_event_batch, name="shoprec-events")
                                if loop_server else None)
-        # Per RPC, how long this process has lately taken to answer one (a moving average):
-        # a call whose deadline leaves less would be answered too late (_check_deadline).
-        self._typical_seconds: dict[str, float] = {}
+        self.answer_times = AnswerTimes()  # calls whose deadline leaves too little are refused
         try:  # the first RecordEvents call would otherwise read the registry (~50 ms)
             from feature_repo.realtime import prepare as prepare_events
 
@@ -133,7 +161,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def _serve(self, rpc: str, work, request, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
         try:
-            self._check_deadline(context, rpc)
+            self.answer_times.check(rpc, context.time_remaining())
             if isinstance(work, Batcher):
                 response = await work.submit(request)
             elif self._pool is None:
@@ -151,31 +179,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 log.exception("unexpected error while serving a request")
         else:
             took = time.perf_counter() - started
-            typical = self._typical_seconds.get(rpc, 0.0)  # from 0: a slow first call counts as one of ~20
-            self._typical_seconds[rpc] = typical + TYPICAL_WEIGHT * (took - typical)
+            self.answer_times.answered(rpc, took)
             metrics.record_call(rpc, "OK", took, getattr(response, "degraded", False))
             return response
         metrics.record_call(rpc, code.name, time.perf_counter() - started)
         await context.abort(code, message)
-
-    def _check_deadline(self, context: grpc.aio.ServicerContext, rpc: str) -> None:
-        """A call whose deadline has passed, or leaves less than twice the time this process lately
-        takes to answer such a call, is refused before any work: its answer would come too late. Under
-        overload gRPC hands calls over oldest first, so without this the process would spend
-        itself on calls about to expire and answer few in time (docs/benchmarks.md, thirty-fifth
-        session); refused at once, they leave the time to calls that can still be answered."""
-        remaining = context.time_remaining()
-        if remaining is None:
-            return
-        if remaining <= 0:
-            raise TimeoutError("the call's deadline passed before the server started on it; raise the "
-                               "client timeout or reduce the load")
-        typical = self._typical_seconds.get(rpc, 0.0)
-        if remaining < TYPICAL_MARGIN * typical:
-            self._typical_seconds[rpc] = typical * TYPICAL_DECAY
-            raise TimeoutError(f"the call's deadline left {remaining * 1000:.1f} ms when the server started on it, "
-                               f"too little for a {rpc} here (this process takes {typical * 1000:.1f} ms on average "
-                               f"lately); raise the client timeout or reduce the load")
 
     @staticmethod
     def _respond(result) -> pb.RecommendResponse:

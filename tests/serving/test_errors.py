@@ -90,6 +90,24 @@ def test_a_call_whose_deadline_passed_while_queued_is_not_computed(recommender, 
     assert "late-shopper" not in started
 
 
+def test_answer_times_refuse_only_what_cannot_be_answered_in_time():
+    from serving.server import AnswerTimes
+
+    times = AnswerTimes()
+    times.check("Recommend", 0.001)  # nothing learnt yet: any time left will do
+    times.check("Recommend", None)  # no deadline: never refused
+    with pytest.raises(TimeoutError, match="deadline passed"):
+        times.check("Recommend", 0.0)
+    for _ in range(200):
+        times.answered("Recommend", 0.010)
+    assert times.seconds["Recommend"] == pytest.approx(0.010, rel=1e-3)
+    times.check("Recommend", 0.021)  # more than twice the average left
+    times.check("GetInfo", 0.001)  # each RPC has its own average
+    with pytest.raises(TimeoutError, match=r"left 19\.0 ms .* too little for a Recommend .* 10\.0 ms"):
+        times.check("Recommend", 0.019)
+    assert times.seconds["Recommend"] == pytest.approx(0.010 * AnswerTimes.DECAY, rel=1e-3)  # a refusal shrinks it
+
+
 def test_a_call_whose_deadline_leaves_too_little_time_is_refused_at_once_and_the_estimate_recovers(
         recommender, monkeypatch):
     """Recommend takes 50 ms here. A call with 60 ms left cannot be answered in time by a
