@@ -44,7 +44,7 @@ def read_pem(path: Path, what: str, label: str) -> bytes:
     if f"-----BEGIN {MARKERS[what]}".encode() not in data and not (
             what == "private key" and b"PRIVATE KEY-----" in data):  # "EC PRIVATE KEY", "RSA PRIVATE KEY"
         raise ConfigError(f"{label}: {path} holds no PEM {what} (a '-----BEGIN {MARKERS[what]}-----' block); "
-                          f"give a PEM file, e.g. made with openssl (docs/api.md, TLS)")
+                          f"give a PEM file (`shoprec tls-certs` makes a trial set; docs/api.md, TLS)")
     return data
 
 
