@@ -48,7 +48,7 @@ class ServingConfig:
         (mutual TLS); None (default): any client that trusts the server's certificate connects.
       metrics_port: HTTP port serving Prometheus metrics at /metrics (calls by RPC and status
         code, server time per call, degraded answers, events, reloads, served versions,
-        online-store state, user-cache hits: serving/metrics.py),
+        online-store state, user-cache hits, calls shed under overload: serving/metrics.py),
         summed over the processes; 0 (default) does not serve them.
       workers: request threads per process; 0 (default) runs Recommend and the other reads on
         the server's event loop and RecordEvents on a thread of its own, fastest when the

@@ -42,6 +42,9 @@ EVENTS = Counter("shoprec_events", "RecordEvents events, by outcome (rejected: f
 RELOADS = Counter("shoprec_reloads", "Hot reloads of newly published versions, by outcome "
                   "(failed: the old version still serves; see the log)", ["result"])
 
+SHED = Counter("shoprec_shed_calls", "Calls refused before any work because their deadline had passed or left "
+               "too little time to answer (counted in shoprec_requests_total as DEADLINE_EXCEEDED too): the "
+               "process is overloaded, or clients' deadlines are too short", ["rpc"])
 USER_CACHE = Counter("shoprec_user_cache_lookups", "Recommend's user-cache lookups (hit: the user tower and "
                      "the FAISS search were skipped; a low share suggests a larger user_cache)", ["result"])
 # With several processes, "max": 1 as soon as one of them skips the store. Down rather than up
@@ -80,6 +83,10 @@ def record_events(accepted: int, rejected: int) -> None:
 
 def record_reload(ok: bool) -> None:
     RELOADS.labels("ok" if ok else "failed").inc()
+
+
+def record_shed(rpc: str) -> None:
+    SHED.labels(rpc).inc()
 
 
 def record_user_cache(hits: int, misses: int) -> None:

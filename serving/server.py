@@ -120,11 +120,13 @@ class AnswerTimes:
         if remaining is None:
             return
         if remaining <= 0:
+            metrics.record_shed(rpc)
             raise TimeoutError("the call's deadline passed before the server started on it; raise the "
                                "client timeout or reduce the load")
         typical = self.seconds.get(rpc, 0.0)
         if remaining < self.MARGIN * typical:
             self.seconds[rpc] = typical * self.DECAY
+            metrics.record_shed(rpc)
             raise TimeoutError(f"the call's deadline left {remaining * 1000:.1f} ms when the server started on it, "
                                f"too little for a {rpc} here (this process takes {typical * 1000:.1f} ms on average "
                                f"lately); raise the client timeout or reduce the load")

@@ -116,6 +116,8 @@ def test_a_call_whose_deadline_leaves_too_little_time_is_refused_at_once_and_the
     is served again after a few dozen refusals instead of never."""
     import time
 
+    from prometheus_client import REGISTRY
+
     from serving.client import RecommenderClient
     from serving.proto import recommender_pb2 as pb
     from serving.server import start
@@ -133,10 +135,12 @@ def test_a_call_whose_deadline_leaves_too_little_time_is_refused_at_once_and_the
         with RecommenderClient(server.address) as c:
             for _ in range(60):  # the process learns its answer time (~48 ms after 60 calls)
                 c.recommend("u000001", k=5)
+            shed = REGISTRY.get_sample_value("shoprec_shed_calls_total", {"rpc": "Recommend"}) or 0.0
             asked = time.perf_counter()
             with pytest.raises(grpc.RpcError) as err:
                 c.stub.Recommend(pb.RecommendRequest(user_id="hurried-shopper", k=5), timeout=0.06)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "too little" in err.value.details()
+            assert REGISTRY.get_sample_value("shoprec_shed_calls_total", {"rpc": "Recommend"}) == shed + 1
             assert time.perf_counter() - asked < 0.04  # refused, not worked on until the deadline
             assert "hurried-shopper" not in started
             refused = 0
