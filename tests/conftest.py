@@ -14,6 +14,25 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def require_command():
+    """``require_command(name, install_hint, why="")``: the command's path, or skip with how to
+    install it; under CI (CI=true, where .ci/run installs the Debian packages) fail instead, so
+    that a missing install step cannot pass as a green run."""
+    import shutil
+
+    def find(name: str, install_hint: str, why: str = "") -> str:
+        path = shutil.which(name)
+        if path is None:
+            message = f"{name} is not on PATH{why}: {install_hint}"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        return path
+
+    return find
+
+
+@pytest.fixture(scope="session")
 def trained_workspace(tmp_path_factory: pytest.TempPathFactory):
     """The whole offline pipeline on the `tiny` preset: data → features → Feast → models → index."""
     from feature_repo.workspace import Workspace

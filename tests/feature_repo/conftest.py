@@ -7,8 +7,6 @@ fail instead, so that a missing install step cannot pass as a green run.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -84,17 +82,6 @@ def stop_redis(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait()
 
 
-def redis_binary() -> str:
-    """The redis-server path, or skip (fail under CI) with how to install it."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = f"redis-server is not on PATH: {INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
-
-
 @pytest.fixture()
 def free_tcp_port() -> int:
     """A loopback port where nothing listens: a Redis that is down."""
@@ -102,9 +89,9 @@ def free_tcp_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory, require_command) -> Iterator[str]:
     """``redis://127.0.0.1:<port>/0`` of a redis-server that lives for the test session."""
-    binary = redis_binary()
+    binary = require_command("redis-server", INSTALL_HINT)
     proc, port = start_redis(tmp_path_factory.mktemp("redis"), binary)
     try:
         yield f"redis://127.0.0.1:{port}/0"
@@ -142,8 +129,8 @@ class PrivateRedis:
 
 
 @pytest.fixture()
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "private-redis", redis_binary())
+def private_redis(tmp_path: Path, require_command) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "private-redis", require_command("redis-server", INSTALL_HINT))
     try:
         yield server
     finally:

@@ -3,7 +3,6 @@ the test (a CA, a server certificate for 127.0.0.1, a client certificate, and a 
 signed nothing the server trusts), the config's checks, and `shoprec query` over mutual TLS."""
 from __future__ import annotations
 
-import os
 import shutil
 from types import SimpleNamespace
 
@@ -17,16 +16,12 @@ INSTALL_HINT = "install it with `sudo apt-get install openssl` (Debian/Ubuntu); 
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> SimpleNamespace:
+def pki(tmp_path_factory, require_command) -> SimpleNamespace:
     """Ours (a CA, a server certificate for 127.0.0.1, a client certificate) and a stranger's:
     another CA's client certificate, which our server must refuse."""
     from serving.tls import make_certificates
 
-    if shutil.which("openssl") is None:
-        message = f"the openssl command makes the test certificates and is not on PATH: {INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_command("openssl", INSTALL_HINT, " (it makes the test certificates)")
     import subprocess
 
     d = tmp_path_factory.mktemp("tls")
